@@ -1,0 +1,62 @@
+"""The bijection contract shared by every layer in glowlab.
+
+Direction: ``forward`` maps data -> latent and returns ``(z, logdet)`` where
+``logdet = log|det dz/dx|`` has shape ``(B,)``; ``inverse`` maps latent -> data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import Tensor, nn
+
+
+class Bijection(nn.Module):
+    """Base class: an invertible map with a tractable log-determinant.
+
+    Subclasses implement ``forward(x, cond=None) -> (z, logdet)`` with ``logdet`` of
+    shape ``(B,)`` and ``inverse(z, cond=None) -> x``. ``cond`` is an optional context
+    tensor (e.g. class labels) passed through unchanged.
+    """
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def inverse(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+
+class Sequential(Bijection):
+    """Composition ``f_n ∘ ... ∘ f_1``; the logdets add up."""
+
+    def __init__(self, layers: Iterable[Bijection]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        logdet = x.new_zeros(x.shape[0])
+        for layer in self.layers:
+            x, step_logdet = layer(x, cond)
+            logdet = logdet + step_logdet
+        return x, logdet
+
+    def inverse(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
+        for layer in reversed(self.layers):
+            z = layer.inverse(z, cond)
+        return z
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+
+def sum_except_batch(x: Tensor) -> Tensor:
+    """Sum over every dimension but the first: ``(B, ...) -> (B,)``."""
+    return x.reshape(x.shape[0], -1).sum(dim=1)
+
+
+def constant_logdet(x: Tensor, value: Tensor) -> Tensor:
+    """A per-sample logdet equal to ``value`` for every row of ``x``: ``(B,)``."""
+    return value.to(x.dtype).expand(x.shape[0])
+
+
+__all__ = ["Bijection", "Sequential", "constant_logdet", "sum_except_batch"]

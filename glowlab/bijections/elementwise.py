@@ -1,0 +1,90 @@
+"""Elementwise bijections: dequantisation, preprocessing and NICE's diagonal scaling."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from glowlab.bijections.base import Bijection, constant_logdet, sum_except_batch
+from glowlab.validation import check_n_bits
+
+
+class Dequantize(Bijection):
+    """Uniform dequantisation ``v = (x + u) / 2^n_bits`` of integer images into ``[0, 1)``.
+
+    ``u`` is ``noise`` if given (any shape broadcastable to ``x``, values in ``[0, 1)``), else
+    ``U[0, 1)`` per pixel. The map ``x + u -> v`` has logdet ``-D · n_bits · ln 2``; adding it
+    makes the flow's density a lower bound on the probability of the discrete image.
+    ``inverse`` rounds back down to integers ``floor(v · 2^n_bits)``, clamped to the range.
+
+    References: Theis et al., "A note on the evaluation of generative models", 2016.
+    """
+
+    def __init__(self, n_bits: int = 8) -> None:
+        super().__init__()
+        check_n_bits(n_bits)
+        self.n_bits = n_bits
+        self.n_bins = 2**n_bits
+
+    def forward(
+        self, x: Tensor, cond: Tensor | None = None, noise: Tensor | float | None = None
+    ) -> tuple[Tensor, Tensor]:
+        x = x.to(torch.get_default_dtype()) if not x.is_floating_point() else x
+        u = torch.rand_like(x) if noise is None else noise
+        dims = x[0].numel()
+        logdet = torch.tensor(-dims * self.n_bits * math.log(2.0), device=x.device)
+        return (x + u) / self.n_bins, constant_logdet(x, logdet)
+
+    def inverse(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
+        return torch.floor(z * self.n_bins).clamp(0, self.n_bins - 1).to(torch.uint8)
+
+
+class Shift(Bijection):
+    """``z = x - 0.5``: ``[0, 1)`` to ``[-0.5, 0.5)`` (Glow). logdet = 0."""
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return x - 0.5, x.new_zeros(x.shape[0])
+
+    def inverse(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
+        return z + 0.5
+
+
+class Logit(Bijection):
+    """``z = logit(α + (1 - 2α) x)`` on ``[0, 1)`` (RealNVP, α = 0.05).
+
+    logdet = ``Σ [log(1 - 2α) - log p - log(1 - p)]`` with ``p = α + (1 - 2α) x``.
+    """
+
+    def __init__(self, alpha: float = 0.05) -> None:
+        super().__init__()
+        if not 0 <= alpha < 0.5:
+            raise ValueError(f"logit alpha={alpha!r} must be in [0, 0.5); RealNVP uses 0.05")
+        self.alpha = alpha
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        p = self.alpha + (1 - 2 * self.alpha) * x
+        z = torch.log(p) - torch.log1p(-p)
+        logdet = sum_except_batch(math.log(1 - 2 * self.alpha) - torch.log(p) - torch.log1p(-p))
+        return z, logdet
+
+    def inverse(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
+        return (torch.sigmoid(z) - self.alpha) / (1 - 2 * self.alpha)
+
+
+class DiagonalScale(Bijection):
+    """``z = x · exp(s)`` with one learned ``s`` per dimension (NICE's final layer).
+
+    Shapes ``(B, *shape) -> (B, *shape)``; logdet = ``Σ s``. References: Dinh et al., NICE, 2015.
+    """
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.zeros(*shape))
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return x * torch.exp(self.log_scale), constant_logdet(x, self.log_scale.sum())
+
+    def inverse(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
+        return z * torch.exp(-self.log_scale)

@@ -1,0 +1,227 @@
+"""The multiscale flow: dequantise → preprocess → levels (transform → factor-out) → top prior.
+
+``log p(x) = Σ_l log p(z_l) + Σ logdet`` in nats for integer images ``x``; bits per dim
+``= -log p(x) / (D ln 2)`` with ``D = C·H·W`` real pixels, the definition of the RealNVP,
+Glow and Flow++ papers (the ``-D·n_bits·ln 2`` of the rescaling is in the logdet).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from glowlab.bijections.base import Bijection
+from glowlab.bijections.elementwise import Dequantize
+from glowlab.priors import GaussianPrior, check_labels
+
+
+class Level(nn.Module):
+    """One scale: ``transform`` (a bijection, usually starting with a Squeeze) and, for all
+    but the last level, a factor-out: the second half of the channels ``z`` leaves the flow,
+    scored by ``prior`` given the first half; the last level's whole output goes to ``prior``.
+
+    ``out_shape`` is the ``(C, H, W)`` of ``transform``'s output.
+    """
+
+    def __init__(
+        self,
+        transform: Bijection,
+        prior: GaussianPrior,
+        out_shape: tuple[int, int, int],
+        factor_out: bool,
+    ) -> None:
+        super().__init__()
+        self.transform = transform
+        self.prior = prior
+        self.out_shape = tuple(out_shape)
+        self.factor_out = factor_out
+
+    @property
+    def kept_channels(self) -> int:
+        return self.out_shape[0] // 2 if self.factor_out else self.out_shape[0]
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """Shape ``(C, H, W)`` of the latent this level emits."""
+        c, h, w = self.out_shape
+        return (c - self.kept_channels, h, w) if self.factor_out else (c, h, w)
+
+
+@dataclass
+class FlowOutput:
+    """Result of a forward pass. ``log_prob = log_prior + logdet`` (all ``(B,)``, nats)."""
+
+    log_prob: Tensor
+    log_prior: Tensor
+    logdet: Tensor
+    latents: list[Tensor]
+
+
+class MultiscaleFlow(nn.Module):
+    """A multiscale normalizing flow on integer images ``(B, C, H, W)`` in ``[0, 2^n_bits)``.
+
+    Args:
+        image_shape: ``(C, H, W)`` of the images.
+        preprocess: bijection from ``[0, 1)`` to the flow's input space (``Shift``, ``Logit``).
+        levels: the scales, from the finest to the coarsest.
+        n_bits: bits per pixel of the data (8, or 5 for Glow's CelebA-HQ).
+        num_classes: set for a class-conditional model; ``y`` is then required.
+
+    References: Dinh et al., "Real NVP", 2017; Kingma & Dhariwal, "Glow", 2018.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        preprocess: Bijection,
+        levels: list[Level],
+        n_bits: int = 8,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.dequantize = Dequantize(n_bits)
+        self.preprocess = preprocess
+        self.levels = nn.ModuleList(levels)
+        self.n_bits = n_bits
+        self.num_classes = num_classes
+
+    @property
+    def dims(self) -> int:
+        """``D = C·H·W``, the number of real pixels per image."""
+        return math.prod(self.image_shape)
+
+    @property
+    def latent_shapes(self) -> list[tuple[int, int, int]]:
+        return [level.latent_shape for level in self.levels]
+
+    # ----------------------------------------------------------------- validation
+    def check_images(self, x: Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` is a batch of integer images this model takes."""
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"expected images of shape (B, {', '.join(map(str, self.image_shape))}), got "
+                f"{tuple(x.shape)}; resize the data or build the model with image_shape="
+                f"{tuple(x.shape[1:]) if x.dim() == 4 else '(C, H, W)'}"
+            )
+        if x.is_floating_point() and not torch.equal(x, torch.round(x)):
+            raise ValueError(
+                "pixel values must be integers in [0, 2**n_bits); got non-integer floats. "
+                "Pass the raw uint8 images (dequantisation happens inside the model)"
+            )
+        top = 2**self.n_bits - 1
+        if x.numel() and (x.min() < 0 or x.max() > top):
+            raise ValueError(
+                f"pixel values must be in [0, {top}] for n_bits={self.n_bits}, got "
+                f"[{x.min().item()}, {x.max().item()}]; reduce bits with x >> (8 - n_bits)"
+            )
+
+    def _check_y(self, y: Tensor | None) -> None:
+        if self.num_classes:
+            check_labels(y, self.num_classes)
+
+    # ----------------------------------------------------------------- density
+    def forward(
+        self, x: Tensor, y: Tensor | None = None, noise: Tensor | float | None = None
+    ) -> FlowOutput:
+        """Push integer images to latents. ``noise`` in ``[0, 1)`` fixes the dequantisation."""
+        self.check_images(x)
+        self._check_y(y)
+        v, logdet = self.dequantize(x.to(self._dtype()), noise=noise)
+        out = self.flow(v, y)
+        out.logdet = out.logdet + logdet
+        out.log_prob = out.log_prior + out.logdet
+        return out
+
+    def flow(self, v: Tensor, y: Tensor | None = None) -> FlowOutput:
+        """The continuous part: dequantised images ``v`` in ``[0, 1)`` -> latents.
+
+        ``logdet`` here excludes the dequantisation's ``-D·n_bits·ln 2``.
+        """
+        h, logdet = self.preprocess(v, y)
+        log_prior = torch.zeros_like(logdet)
+        latents = []
+        for level in self.levels:
+            h, step_logdet = level.transform(h, y)
+            logdet = logdet + step_logdet
+            if level.factor_out:
+                h, z = h[:, : level.kept_channels], h[:, level.kept_channels :]
+                log_prior = log_prior + level.prior.log_prob(z, context=h, y=y)
+            else:
+                z = h
+                log_prior = log_prior + level.prior.log_prob(z, y=y)
+            latents.append(z)
+        return FlowOutput(log_prior + logdet, log_prior, logdet, latents)
+
+    def log_prob(
+        self, x: Tensor, y: Tensor | None = None, noise: Tensor | float | None = None
+    ) -> Tensor:
+        """``log p(x)`` of integer images in nats, ``(B,)`` (one dequantisation draw)."""
+        return self(x, y, noise).log_prob
+
+    def bits_per_dim(
+        self, x: Tensor, y: Tensor | None = None, noise: Tensor | float | None = None
+    ) -> Tensor:
+        """``-log p(x) / (D ln 2)``, ``(B,)``: the number papers report."""
+        return self.nats_to_bpd(self.log_prob(x, y, noise))
+
+    def nats_to_bpd(self, log_prob: Tensor) -> Tensor:
+        return -log_prob / (self.dims * math.log(2.0))
+
+    # ----------------------------------------------------------------- latents
+    def encode(
+        self, x: Tensor, y: Tensor | None = None, noise: Tensor | float = 0.5
+    ) -> list[Tensor]:
+        """Per-level latents of integer images (deterministic: bin centres unless ``noise``)."""
+        return self(x, y, noise).latents
+
+    def decode(self, zs: list[Tensor], y: Tensor | None = None) -> Tensor:
+        """Integer images ``(B, C, H, W)`` (uint8) from per-level latents."""
+        if len(zs) != len(self.levels):
+            raise ValueError(
+                f"decode needs {len(self.levels)} latents (one per level), got {len(zs)}"
+            )
+        h = None
+        for level, z in zip(reversed(self.levels), reversed(zs), strict=True):
+            h = z if h is None else torch.cat([h, z], dim=1)
+            h = level.transform.inverse(h, y)
+        return self.dequantize.inverse(self.preprocess.inverse(h, y))
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        temperature: float = 1.0,
+        y: Tensor | None = None,
+        eps: list[Tensor] | None = None,
+    ) -> Tensor:
+        """``n`` integer images ``(n, C, H, W)`` (uint8), every prior's std scaled by
+        ``temperature`` (0 gives the mode). ``eps``: optional standard-normal noise per level
+        (shapes ``(n, *latent_shapes[l])``), to redraw the same samples at other temperatures.
+        """
+        if temperature < 0:
+            raise ValueError(f"temperature={temperature!r} must be >= 0 (1 = the model, 0 = mode)")
+        self._check_y(y)
+        if y is not None and y.shape[0] != n:
+            raise ValueError(f"y has {y.shape[0]} labels but n={n} samples were asked for")
+        h = None
+        for i in reversed(range(len(self.levels))):
+            level = self.levels[i]
+            z = level.prior.sample(
+                n,
+                level.latent_shape,
+                context=h,
+                y=y,
+                temperature=temperature,
+                eps=None if eps is None else eps[i],
+            )
+            h = z if h is None else torch.cat([h, z], dim=1)
+            h = level.transform.inverse(h, y)
+        return self.dequantize.inverse(self.preprocess.inverse(h, y))
+
+    def _dtype(self) -> torch.dtype:
+        param = next(self.parameters(), None)
+        return param.dtype if param is not None else torch.get_default_dtype()

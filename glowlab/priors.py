@@ -1,0 +1,127 @@
+"""Diagonal Gaussian priors over latents: fixed, learned, class-conditional, factor-out.
+
+Every prior gives ``(mean, log_scale)`` broadcastable to the latent ``(B, C, H, W)``;
+``log_prob`` sums ``log N(z; mean, exp(log_scale)²)`` to ``(B,)`` and ``sample`` draws
+``mean + temperature · exp(log_scale) · ε`` (temperature 0 gives the mode).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from glowlab.bijections.base import sum_except_batch
+from glowlab.bijections.conditioners import ZeroConv2d
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_log_prob(z: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
+    """``Σ log N(z; mean, exp(log_scale)²)`` over all but the batch dimension: ``(B,)``."""
+    normalized = (z - mean) * torch.exp(-log_scale)
+    return sum_except_batch(-0.5 * (_LOG_2PI + normalized * normalized) - log_scale)
+
+
+class GaussianPrior(nn.Module):
+    """Base class; subclasses implement ``params(shape, context, y) -> (mean, log_scale)``.
+
+    ``shape`` is the latent's ``(C, H, W)``, ``context`` the kept half at a factor-out
+    ``(B, C', H, W)``, ``y`` class labels ``(B,)``.
+    """
+
+    def params(
+        self, shape: tuple[int, ...], context: Tensor | None, y: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def log_prob(
+        self, z: Tensor, context: Tensor | None = None, y: Tensor | None = None
+    ) -> Tensor:
+        mean, log_scale = self.params(tuple(z.shape[1:]), context, y)
+        return gaussian_log_prob(z, mean.to(z), log_scale.to(z))
+
+    def sample(
+        self,
+        n: int,
+        shape: tuple[int, ...],
+        context: Tensor | None = None,
+        y: Tensor | None = None,
+        temperature: float = 1.0,
+        eps: Tensor | None = None,
+    ) -> Tensor:
+        """Draw ``(n, *shape)`` latents on the prior's device and dtype (``eps``: given noise)."""
+        mean, log_scale = self.params(shape, context, y)
+        if eps is None:
+            eps = torch.randn(n, *shape, device=mean.device, dtype=mean.dtype)
+        eps = eps.to(mean)
+        return mean + temperature * torch.exp(log_scale) * eps
+
+
+class StandardNormal(GaussianPrior):
+    """``N(0, I)`` (RealNVP, NICE)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("zero", torch.zeros(()), persistent=False)
+
+    def params(self, shape, context, y):
+        zeros = self.zero.expand(1, *shape)
+        return zeros, zeros
+
+
+class LearnedPrior(GaussianPrior):
+    """Per-channel learned mean and log-scale, optionally shifted per class.
+
+    With ``num_classes`` set, ``y`` is required and a zero-initialised per-class
+    (mean, log_scale) offset is added (Glow's class-conditional top prior).
+    """
+
+    def __init__(self, channels: int, num_classes: int | None = None) -> None:
+        super().__init__()
+        self.mean = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.num_classes = num_classes
+        if num_classes:
+            self.class_embedding = nn.Embedding(num_classes, 2 * channels)
+            nn.init.zeros_(self.class_embedding.weight)
+
+    def params(self, shape, context, y):
+        mean, log_scale = self.mean, self.log_scale
+        if self.num_classes:
+            check_labels(y, self.num_classes)
+            offset = self.class_embedding(y)[:, :, None, None]  # (B, 2C, 1, 1)
+            d_mean, d_log_scale = offset.chunk(2, dim=1)
+            mean, log_scale = mean + d_mean, log_scale + d_log_scale
+        return mean.expand(-1, -1, *shape[1:]), log_scale.expand(-1, -1, *shape[1:])
+
+
+class FactorOutPrior(GaussianPrior):
+    """Glow's split prior ``p(z₂ | z₁)``: a zero-initialised conv3×3 of the kept half ``z₁``.
+
+    Shapes: context ``(B, C₁, H, W)`` -> mean, log_scale ``(B, C₂, H, W)``.
+    """
+
+    def __init__(self, context_channels: int, channels: int) -> None:
+        super().__init__()
+        self.net = ZeroConv2d(context_channels, 2 * channels)
+
+    def params(self, shape, context, y):
+        mean, log_scale = self.net(context).chunk(2, dim=1)
+        return mean, log_scale
+
+
+def check_labels(y: Tensor | None, num_classes: int) -> None:
+    """Raise ``ValueError`` unless ``y`` holds class indices in ``[0, num_classes)``."""
+    if y is None:
+        raise ValueError(
+            f"this model has a class-conditional prior ({num_classes} classes): "
+            "pass y=labels, a LongTensor (B,) of class indices"
+        )
+    if y.dtype not in (torch.int64, torch.int32) or y.dim() != 1:
+        raise ValueError(
+            f"y must be a 1-D integer tensor of class indices, got {y.dtype} {tuple(y.shape)}"
+        )
+    if y.numel() and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"y must hold class indices in [0, {num_classes}), got {y.tolist()[:8]}")

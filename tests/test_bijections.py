@@ -1,0 +1,161 @@
+"""Every bijection: exact inverse and a logdet equal to the brute-force Jacobian's."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from glowlab.bijections import (
+    ActNorm,
+    ChannelPermutation,
+    Coupling,
+    Dequantize,
+    DiagonalScale,
+    GlowConditioner,
+    InvConv1x1,
+    InvConv1x1LU,
+    Logit,
+    ResNetConditioner,
+    Sequential,
+    Shift,
+    Squeeze,
+)
+from tests.conftest import perturb_parameters
+
+C, H, W = 4, 4, 4
+glow_net = functools.partial(GlowConditioner, hidden=8)
+resnet_net = functools.partial(ResNetConditioner, hidden=8, blocks=2)
+
+LAYERS = {
+    "squeeze": lambda: Squeeze(),
+    "actnorm": lambda: ActNorm(C),
+    "conv1x1": lambda: InvConv1x1(C, seed=1),
+    "conv1x1_lu": lambda: InvConv1x1LU(C, seed=2),
+    "reverse": lambda: ChannelPermutation.reverse(C),
+    "shuffle": lambda: ChannelPermutation.shuffle(C, seed=3),
+    "affine_channel_sigmoid": lambda: Coupling(C, glow_net, "channel", "affine"),
+    "affine_channel_parity1": lambda: Coupling(C, glow_net, "channel", "affine", parity=1),
+    "affine_checkerboard_sigmoid": lambda: Coupling(C, glow_net, "checkerboard", "affine"),
+    "affine_checkerboard_tanh": lambda: Coupling(
+        C, resnet_net, "checkerboard", "affine", parity=1, scale="exp_tanh"
+    ),
+    "affine_channel_tanh_resnet": lambda: Coupling(C, resnet_net, "channel", scale="exp_tanh"),
+    "additive_channel": lambda: Coupling(C, glow_net, "channel", "additive"),
+    "additive_checkerboard": lambda: Coupling(C, glow_net, "checkerboard", "additive"),
+    "shift": lambda: Shift(),
+    "logit": lambda: Logit(0.05),
+    "diagonal_scale": lambda: DiagonalScale((C, H, W)),
+    "sequential": lambda: Sequential(
+        [ActNorm(C), InvConv1x1LU(C), Coupling(C, glow_net), Squeeze(), ActNorm(4 * C)]
+    ),
+}
+
+
+def _prepared(name: str) -> torch.nn.Module:
+    """The layer in float64, ActNorms initialised on data, parameters moved off identity."""
+    torch.manual_seed(0)
+    layer = LAYERS[name]().double()
+    layer.train()
+    with torch.no_grad():
+        layer(torch.rand(16, C, H, W, dtype=torch.float64))  # data-dependent init
+    perturb_parameters(layer, 0.1)
+    return layer.eval()
+
+
+def _inputs(name: str) -> torch.Tensor:
+    x = torch.rand(3, C, H, W, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    return x if name == "logit" else 2 * x - 1
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_inverse_round_trip(name: str) -> None:
+    layer, x = _prepared(name), _inputs(name)
+    z, logdet = layer(x)
+    assert logdet.shape == (x.shape[0],)
+    assert torch.allclose(layer.inverse(z), x, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_logdet_matches_brute_force_jacobian(name: str) -> None:
+    layer, x = _prepared(name), _inputs(name)
+    _, logdet = layer(x)
+    for i in range(x.shape[0]):
+        jac = torch.autograd.functional.jacobian(
+            lambda xi: layer(xi.view(1, C, H, W))[0].reshape(-1), x[i].reshape(-1)
+        )
+        sign, expected = torch.linalg.slogdet(jac)
+        assert sign != 0
+        assert torch.allclose(logdet[i], expected, atol=1e-8), (name, logdet[i], expected)
+
+
+def test_perturbed_couplings_are_not_identity() -> None:
+    """Guard against a vacuous Jacobian test: the couplings really transform."""
+    x = _inputs("affine_checkerboard_sigmoid")
+    for name in ("affine_checkerboard_sigmoid", "affine_channel_sigmoid", "additive_channel"):
+        z, logdet = _prepared(name)(x)
+        assert not torch.allclose(z, x)
+    assert logdet.abs().max() == 0  # additive: volume preserving
+    assert _prepared("affine_channel_sigmoid")(x)[1].abs().min() > 1e-3
+
+
+def test_dequantize_logdet_and_inverse() -> None:
+    deq = Dequantize(n_bits=5).double()
+    x = torch.randint(0, 32, (3, 1, 2, 2)).double()
+    v, logdet = deq(x)
+    assert v.min() >= 0 and v.max() < 1
+    assert torch.equal(deq.inverse(v).double(), x)
+    jac = torch.autograd.functional.jacobian(
+        lambda t: deq(t.view(1, 1, 2, 2), noise=0.0)[0], x[:1]
+    )
+    expected = torch.linalg.slogdet(jac.reshape(4, 4))[1]
+    assert torch.allclose(logdet, expected.expand(3))
+
+
+def test_squeeze_layout() -> None:
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    z, _ = Squeeze()(x)
+    assert z.shape == (1, 4, 2, 2)
+    assert z[0, :, 0, 0].tolist() == [0.0, 1.0, 4.0, 5.0]  # the top-left 2×2 patch
+    with pytest.raises(ValueError, match="even height and width"):
+        Squeeze()(torch.zeros(1, 1, 3, 4))
+
+
+def test_actnorm_data_dependent_init() -> None:
+    torch.manual_seed(0)
+    x = 3 + 2 * torch.randn(64, 5, 6, 6)
+    layer = ActNorm(5).train()
+    z, _ = layer(x)
+    assert torch.allclose(z.mean(dim=(0, 2, 3)), torch.zeros(5), atol=1e-5)
+    assert torch.allclose(z.std(dim=(0, 2, 3), unbiased=False), torch.ones(5), atol=1e-4)
+    assert bool(layer.initialized)
+    before = layer.log_scale.detach().clone()
+    layer(x * 10)  # already initialised: the parameters stay
+    assert torch.equal(layer.log_scale, before)
+
+
+def test_actnorm_does_not_initialise_in_eval_or_after_loading() -> None:
+    fresh = ActNorm(3).eval()
+    fresh(torch.randn(8, 3, 2, 2) + 5)
+    assert not fresh.initialized
+    trained = ActNorm(3).train()
+    trained(torch.randn(8, 3, 2, 2) * 4)
+    loaded = ActNorm(3).train()
+    loaded.load_state_dict(trained.state_dict())
+    loaded(torch.randn(8, 3, 2, 2) + 100)
+    assert torch.equal(loaded.bias, trained.bias)
+
+
+def test_channel_mask_needs_even_channels() -> None:
+    with pytest.raises(ValueError, match="even number of channels.*checkerboard"):
+        Coupling(3, glow_net, mask="channel")
+
+
+def test_unknown_options_name_the_allowed_values() -> None:
+    with pytest.raises(ValueError, match=r"mask='diagonal'.*\['channel', 'checkerboard'\]"):
+        Coupling(4, glow_net, mask="diagonal")
+    with pytest.raises(ValueError, match="coupling='spline'"):
+        Coupling(4, glow_net, transform="spline")
+    with pytest.raises(ValueError, match="n_bits"):
+        Dequantize(9)
