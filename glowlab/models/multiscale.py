@@ -178,8 +178,8 @@ class MultiscaleFlow(nn.Module):
         """Per-level latents of integer images (deterministic: bin centres unless ``noise``)."""
         return self(x, y, noise).latents
 
-    def decode(self, zs: list[Tensor], y: Tensor | None = None) -> Tensor:
-        """Integer images ``(B, C, H, W)`` (uint8) from per-level latents."""
+    def invert(self, zs: list[Tensor], y: Tensor | None = None) -> Tensor:
+        """Per-level latents -> dequantised images ``v`` in ``[0, 1)`` (inverse of ``flow``)."""
         if len(zs) != len(self.levels):
             raise ValueError(
                 f"decode needs {len(self.levels)} latents (one per level), got {len(zs)}"
@@ -188,7 +188,11 @@ class MultiscaleFlow(nn.Module):
         for level, z in zip(reversed(self.levels), reversed(zs), strict=True):
             h = z if h is None else torch.cat([h, z], dim=1)
             h = level.transform.inverse(h, y)
-        return self.dequantize.inverse(self.preprocess.inverse(h, y))
+        return self.preprocess.inverse(h, y)
+
+    def decode(self, zs: list[Tensor], y: Tensor | None = None) -> Tensor:
+        """Integer images ``(B, C, H, W)`` (uint8) from per-level latents."""
+        return self.dequantize.inverse(self.invert(zs, y))
 
     @torch.no_grad()
     def sample(

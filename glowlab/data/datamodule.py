@@ -1,0 +1,212 @@
+"""`ImageDataModule`: one LightningDataModule for every image dataset of glowlab."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+
+from glowlab.data.sources import SOURCES, Request, resolve_shape
+
+CARVED_TEST_FRACTION = 10  # datasets without a test split give 1/10 of their images to test
+CARVED_TEST_SEED = 0  # carved test sets do not depend on `seed`
+SUBSET_EVAL_RATIO = 5  # with train_subset=N, val and test keep at most max(N // 5, 1) images
+
+
+def dataset_names() -> tuple[str, ...]:
+    """The accepted values of ``ImageDataModule(name=...)``."""
+    return tuple(SOURCES)
+
+
+class BatchTransform:
+    """Collate function: stack samples, reduce to ``n_bits``, optionally flip at random.
+
+    Takes either a list of ``(x, y)`` samples or an already batched ``(x, y)`` tuple (from a
+    dataset's ``__getitems__``) and returns ``x`` uint8 ``(B, C, H, W)`` in
+    ``[0, 2**n_bits - 1]`` and ``y`` long ``(B,)``. With ``hflip`` each image is mirrored
+    horizontally with probability 1/2 (torch's global RNG, seeded per worker by the loader).
+    """
+
+    def __init__(self, n_bits: int, hflip: bool) -> None:
+        self.shift = 8 - n_bits
+        self.hflip = hflip
+
+    def __call__(
+        self, batch: tuple[torch.Tensor, torch.Tensor] | list
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch if isinstance(batch, tuple) else default_collate(batch)
+        if self.shift:
+            x = x >> self.shift
+        if self.hflip:
+            flip = torch.rand(len(x)) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        return x, y
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Train / val / test loaders of uint8 images ``(B, C, H, W)`` and long labels ``(B,)``.
+
+    Splits: val is the last ``val_size`` images of a permutation (seeded with ``seed``) of the
+    dataset's training pool, train the rest. Test is the official test split; datasets without
+    one (``image_folder``, ``celeba`` without ``list_eval_partition.txt``) first give a tenth
+    (at least one image) of their images, chosen by a fixed permutation that does not depend on
+    ``seed``, to test. ``train_subset=N`` keeps the first N train images and at most
+    ``max(N // 5, 1)`` val and test images. Labels are zeros for unlabeled datasets
+    (``num_classes == 0``). ``root=None`` means the dataset's default location
+    (Fashion-MNIST: ``/usr/share/datasets/fashion-mnist``, others ``data/<name>``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        root: str | None = None,
+        image_size: int | None = None,
+        n_bits: int = 8,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        val_size: int = 5000,
+        train_subset: int | None = None,
+        hflip: bool = False,
+        download: bool = False,
+        num_workers: int = 0,
+        seed: int = 0,
+        channels: int | None = None,
+    ) -> None:
+        super().__init__()
+        if name not in SOURCES:
+            raise ValueError(f"unknown dataset name={name!r}; choose one of {', '.join(SOURCES)}")
+        if name == "image_folder" and root is None:
+            raise ValueError("name=image_folder needs data.root=<folder of images>")
+        _check_int("n_bits", n_bits, 1, 8)
+        _check_int("batch_size", batch_size, 1)
+        _check_int("eval_batch_size", eval_batch_size, 1, optional=True)
+        _check_int("val_size", val_size, 0)
+        _check_int("train_subset", train_subset, 1, optional=True)
+        _check_int("image_size", image_size, 1, optional=True)
+        _check_int("num_workers", num_workers, 0)
+        self.save_hyperparameters()
+        self.name = name
+        self.source = SOURCES[name]
+        self._shape = resolve_shape(name, image_size, channels)
+        default_root = self.source.default_root or f"data/{name}"
+        self.root = Path(root if root is not None else default_root).expanduser()
+        self.n_bits = n_bits
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.val_size = val_size
+        self.train_subset = train_subset
+        self.hflip = hflip
+        self.download = download
+        self.num_workers = num_workers
+        self.seed = seed
+        self._num_classes = self.source.num_classes
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of every image, known without reading data."""
+        return self._shape
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of label classes (0: unlabeled; ``None``: image_folder before `setup`)."""
+        return self._num_classes
+
+    def prepare_data(self) -> None:
+        """Download the dataset (only with ``download=True``) by loading it once."""
+        if self.download:
+            self.source.load(self._request())
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the data and build all three splits (once; later calls do nothing)."""
+        if self.train_set is not None:
+            return
+        raw = self.source.load(self._request())
+        pool = torch.arange(len(raw.pool))
+        if raw.test is None:
+            if len(pool) < 2:
+                raise ValueError(f"{self.name} under {self.root} has too few images to split")
+            n_test = max(len(pool) // CARVED_TEST_FRACTION, 1)
+            pool, test_idx = _split(pool, n_test, CARVED_TEST_SEED)
+            test_source = raw.pool
+        else:
+            test_idx, test_source = torch.arange(len(raw.test)), raw.test
+        if self.val_size >= len(pool):
+            raise ValueError(
+                f"val_size={self.val_size} leaves no training images: {self.name} has "
+                f"{len(pool)} images to split into train and val; lower data.val_size"
+            )
+        train_idx, val_idx = _split(pool, self.val_size, self.seed)
+        if self.train_subset is not None:
+            keep = max(self.train_subset // SUBSET_EVAL_RATIO, 1)
+            train_idx, val_idx, test_idx = (
+                train_idx[: self.train_subset],
+                val_idx[:keep],
+                test_idx[:keep],
+            )
+        self._num_classes = raw.num_classes
+        self.train_set = Subset(raw.pool, train_idx.tolist())
+        self.val_set = Subset(raw.pool, val_idx.tolist())
+        self.test_set = Subset(test_source, test_idx.tolist())
+
+    def train_dataloader(self) -> DataLoader:
+        train_set = self._require(self.train_set)
+        if len(train_set) < self.batch_size:
+            raise ValueError(
+                f"the train split of {self.name} has {len(train_set)} images, fewer than "
+                f"batch_size={self.batch_size}, so no full batch exists; lower data.batch_size"
+            )
+        return self._loader(train_set, self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._require(self.val_set), self.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._require(self.test_set), self.eval_batch_size, train=False)
+
+    def _request(self) -> Request:
+        channels, size, _ = self._shape
+        return Request(self.root, size, channels, self.download, self.seed)
+
+    @staticmethod
+    def _require(dataset: Dataset | None) -> Dataset:
+        if dataset is None:
+            raise RuntimeError("call ImageDataModule.setup() before asking for a dataloader")
+        return dataset
+
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=BatchTransform(self.n_bits, self.hflip and train),
+        )
+
+
+def _split(indices: torch.Tensor, n_last: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Permute ``indices`` with ``seed``; return (all but the last ``n_last``, the last ones)."""
+    perm = indices[torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed))]
+    cut = len(perm) - n_last
+    return perm[:cut], perm[cut:]
+
+
+def _check_int(
+    option: str, value: object, low: int, high: int | None = None, optional: bool = False
+) -> None:
+    """Raise ValueError naming ``option`` unless ``value`` is an int in ``low..high``."""
+    if optional and value is None:
+        return
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if is_int and value >= low and (high is None or value <= high):
+        return
+    allowed = f"in {low}..{high}" if high is not None else f">= {low}"
+    fix = f"set data.{option} to an integer {allowed}" + (" or null" if optional else "")
+    raise ValueError(f"{option} must be an integer {allowed}, got {value!r}; {fix}")

@@ -1,0 +1,176 @@
+"""The LightningModule: a thin wrapper that trains a flow by mean bits per dim."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from glowlab.bijections.actnorm import ActNorm
+from glowlab.models.multiscale import MultiscaleFlow
+from glowlab.training.rng import capture_rng_state, restore_rng_state
+from glowlab.validation import check_positive
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/Inf loss; the parameters were left at their last finite state."""
+
+
+class FlowModule(L.LightningModule):
+    """Trains a ``MultiscaleFlow``: loss = mean bits per dim of the dequantised batch.
+
+    Logs ``{train,val,test}/bpd`` and its two parts, ``*/prior_bpd`` (from ``log p(z)``)
+    and ``*/logdet_bpd`` (from the logdet, including the dequantisation's ``n_bits``), so
+    ``bpd = prior_bpd + logdet_bpd``. Validation and test use a fixed noise draw per batch,
+    so their bpd is reproducible.
+
+    Args:
+        model: the flow.
+        optimizer: ``_partial_`` optimizer factory, called with the parameters.
+        scheduler: ``_partial_`` schedule factory, called with ``(optimizer, total_steps)``;
+            stepped every optimizer step.
+        init_batch_size: images used for ActNorm's data-dependent initialisation, run once
+            before the first step (all DDP ranks average their statistics).
+        eval_seed: seed of the dequantisation noise in validation and test.
+    """
+
+    def __init__(
+        self,
+        model: MultiscaleFlow,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        init_batch_size: int = 512,
+        eval_seed: int = 1234,
+    ) -> None:
+        super().__init__()
+        check_positive("init_batch_size", init_batch_size)
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.init_batch_size = init_batch_size
+        self.eval_seed = eval_seed
+        self.metrics = torch.nn.ModuleDict(
+            {f"{stage}_{part}": MeanMetric() for stage in ("val", "test") for part in _PARTS}
+        )
+        self._pending_rng_state: dict[str, Any] | None = None
+        self.ranks_agree: dict[str, bool] = {}
+        self.run_config: dict[str, Any] = {}
+
+    # ---------------------------------------------------------------- set-up
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(self.parameters())
+        config: dict[str, Any] = {"optimizer": optimizer}
+        if self.scheduler_factory is not None:
+            total = int(self.trainer.estimated_stepping_batches)
+            schedule = self.scheduler_factory(optimizer, total_steps=total)
+            config["lr_scheduler"] = {"scheduler": schedule, "interval": "step"}
+        return config
+
+    def on_train_start(self) -> None:
+        if self._pending_rng_state is not None:  # resuming: continue the saved random stream
+            restore_rng_state(self._pending_rng_state)
+            self._pending_rng_state = None
+        elif not self.actnorms_initialized():
+            self.initialize_actnorm(self.trainer.train_dataloader)
+            self.ranks_agree["after_actnorm_init"] = self.parameters_agree_across_ranks()
+
+    def on_train_end(self) -> None:
+        self.ranks_agree["at_end"] = self.parameters_agree_across_ranks()
+
+    @torch.no_grad()
+    def parameters_agree_across_ranks(self) -> bool:
+        """True when every DDP rank holds the same parameters and buffers (checksums)."""
+        state = [t.detach().double() for t in self.model.state_dict().values()]
+        fingerprint = torch.stack([sum(t.sum() for t in state), sum((t * t).sum() for t in state)])
+        gathered = self.all_gather(fingerprint).reshape(-1, 2)
+        return bool(torch.allclose(gathered, gathered[:1].expand_as(gathered), rtol=1e-12))
+
+    def actnorms_initialized(self) -> bool:
+        return all(bool(m.initialized) for m in self.model.modules() if isinstance(m, ActNorm))
+
+    @torch.no_grad()
+    def initialize_actnorm(self, batches) -> None:
+        """One training-mode forward on ``init_batch_size`` images initialises every ActNorm."""
+        xs, ys, count = [], [], 0
+        for x, y in batches:
+            xs.append(x)
+            ys.append(y)
+            count += x.shape[0]
+            if count >= self.init_batch_size:
+                break
+        x = torch.cat(xs)[: self.init_batch_size].to(self.device)
+        y = torch.cat(ys)[: self.init_batch_size].to(self.device)
+        was_training = self.model.training
+        self.model.train()
+        self.model(x, self._labels(y))
+        self.model.train(was_training)
+
+    # ---------------------------------------------------------------- steps
+    def _labels(self, y: Tensor) -> Tensor | None:
+        return y if self.model.num_classes else None
+
+    def _bpd_parts(self, batch, noise: Tensor | None = None) -> dict[str, Tensor]:
+        x, y = batch
+        out = self.model(x, self._labels(y), noise=noise)
+        to_bpd = self.model.nats_to_bpd
+        return {
+            "bpd": to_bpd(out.log_prob),
+            "prior_bpd": to_bpd(out.log_prior),
+            "logdet_bpd": to_bpd(out.logdet),
+        }
+
+    def training_step(self, batch, batch_idx: int) -> Tensor | None:
+        parts = self._bpd_parts(batch)
+        loss = parts["bpd"].mean()
+        finite = torch.isfinite(loss).all()
+        if not self.trainer.strategy.reduce_boolean_decision(bool(finite), all=True):
+            self.nonfinite_step = self.global_step
+            self.trainer.should_stop = True
+            return None  # skip the update: the parameters stay finite
+        for name, value in parts.items():
+            self.log(f"train/{name}", value.mean(), prog_bar=name == "bpd")
+        return loss
+
+    def _eval_step(self, stage: str, batch, batch_idx: int) -> None:
+        x = batch[0]
+        gen = torch.Generator(device="cpu").manual_seed(self.eval_seed + batch_idx)
+        noise = torch.rand(x.shape, generator=gen).to(self.device, self.model._dtype())
+        for name, value in self._bpd_parts(batch, noise).items():
+            metric = self.metrics[f"{stage}_{name}"]
+            metric.update(value)
+            self.log(f"{stage}/{name}", metric, prog_bar=name == "bpd", on_epoch=True)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("val", batch, batch_idx)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("test", batch, batch_idx)
+
+    # ---------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["glowlab"] = {
+            "rng_state": capture_rng_state(),
+            "image_shape": list(self.model.image_shape),
+            "n_bits": self.model.n_bits,
+            "config": self.run_config,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "glowlab" not in checkpoint:
+            raise ValueError(
+                "this checkpoint was not written by glowlab (no 'glowlab' entry); "
+                "pass the last.ckpt or best checkpoint of a glowlab run"
+            )
+        self._pending_rng_state = checkpoint["glowlab"]["rng_state"]
+
+    nonfinite_step: int | None = None
+
+
+_PARTS = ("bpd", "prior_bpd", "logdet_bpd")
