@@ -29,3 +29,54 @@ def perturb_parameters(module: torch.nn.Module, scale: float = 0.05, seed: int =
     with torch.no_grad():
         for p in module.parameters():
             p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+TINY_RUN = [
+    "data=synthetic",
+    "data.image_size=8",
+    "data.batch_size=16",
+    "data.train_subset=128",
+    "model=glow_small",
+    "model.depth=2",
+    "model.width=16",
+    "module.init_batch_size=64",
+    "module.scheduler.warmup_steps=5",
+    "trainer.max_epochs=2",
+    "trainer.log_every_n_steps=2",
+    "callbacks.progress_bar=null",
+    "callbacks.sample_grid.n=16",
+]
+
+
+def compose_run(run_dir: Path, overrides: list[str], config_name: str = "train"):
+    """Compose ``conf/<config_name>.yaml`` as the Hydra app would, writing under ``run_dir``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose(
+            config_name,
+            overrides=[f"hydra.run.dir={run_dir}", *overrides],
+            return_hydra_config=True,
+        )
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.runtime.cwd = str(run_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """Train a tiny Glow for 2 epochs on synthetic 8×8 images; return its run dir."""
+    from glowlab.train import train
+
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    train(compose_run(run_dir, TINY_RUN))
+    return run_dir
