@@ -119,7 +119,6 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job from a composed config; returns its metrics (also metrics.json)."""
-    L.seed_everything(cfg.seed, workers=True)
     run = build_run(cfg)
     metrics = fit_and_test(cfg, run)
     if run.trainer.is_global_zero:

@@ -188,6 +188,9 @@ class ImageDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             collate_fn=BatchTransform(self.n_bits, self.hflip and train),
+            # evaluation loaders get their own generator so they never draw from (and shift)
+            # the global random stream that training, and an exact resume, depend on
+            generator=None if train else torch.Generator().manual_seed(self.seed),
         )
 
 

@@ -59,7 +59,6 @@ class FlowModule(L.LightningModule):
         self.metrics = torch.nn.ModuleDict(
             {f"{stage}_{part}": MeanMetric() for stage in ("val", "test") for part in _PARTS}
         )
-        self._pending_rng_state: dict[str, Any] | None = None
         self.ranks_agree: dict[str, bool] = {}
         self.run_config: dict[str, Any] = {}
 
@@ -74,10 +73,7 @@ class FlowModule(L.LightningModule):
         return config
 
     def on_train_start(self) -> None:
-        if self._pending_rng_state is not None:  # resuming: continue the saved random stream
-            restore_rng_state(self._pending_rng_state)
-            self._pending_rng_state = None
-        elif not self.actnorms_initialized():
+        if not self.actnorms_initialized():
             self.initialize_actnorm(self.trainer.train_dataloader)
             self.ranks_agree["after_actnorm_init"] = self.parameters_agree_across_ranks()
 
@@ -168,7 +164,9 @@ class FlowModule(L.LightningModule):
                 "this checkpoint was not written by glowlab (no 'glowlab' entry); "
                 "pass the last.ckpt or best checkpoint of a glowlab run"
             )
-        self._pending_rng_state = checkpoint["glowlab"]["rng_state"]
+        # Resume the random streams where the interrupted run saved them. Nothing before the
+        # first training batch draws from them: evaluation uses its own generators.
+        restore_rng_state(checkpoint["glowlab"]["rng_state"])
 
     nonfinite_step: int | None = None
 

@@ -59,7 +59,9 @@ def build_model(cfg: DictConfig, datamodule: ImageDataModule) -> MultiscaleFlow:
 
 
 def build_run(cfg: DictConfig) -> RunObjects:
+    """Seed every generator with ``cfg.seed``, then build the run's objects."""
     check_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
     datamodule: ImageDataModule = instantiate(cfg.data)
     model = build_model(cfg, datamodule)
     module: FlowModule = instantiate(cfg.module, model=model)
