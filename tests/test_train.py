@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 
-from glowlab.train import train
+from glowlab.train import train, user_error
 from glowlab.training.checkpoints import load_checkpoint
 from glowlab.training.run import build_run
 from tests.conftest import TINY_RUN, compose_run
@@ -49,3 +54,108 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_run: Path, tmp_pa
     assert expected.keys() == got.keys()
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
+
+
+def _run_app(args: list[str], cwd: Path, module: str = "glowlab.train", timeout: int = 240):
+    """Run a console entry point in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+TINY_CLI = [a for a in TINY_RUN if not a.startswith("callbacks.")] + [
+    "callbacks=minimal",
+    "logger=csv",
+    "trainer.max_epochs=1",
+]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_ranks_agree(tmp_path: Path) -> None:
+    result = _run_app(
+        [*TINY_CLI, "trainer=ddp_cpu", "test=false", f"hydra.run.dir={tmp_path}"], tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["ranks_agree"] == {"after_actnorm_init": True, "at_end": True}
+    assert metrics["steps"] == 4  # 128 images / (2 ranks × 16)
+
+
+@pytest.mark.slow
+def test_multirun_writes_metrics_and_report(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = _run_app(
+        ["-m", *TINY_CLI, "model.depth=1,2", "model.width=8,16", f"hydra.sweep.dir={sweep}"],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list(sweep.glob("*/metrics.json"))) == 4
+    report = _run_app([str(sweep)], tmp_path, module="glowlab.report")
+    assert report.returncode == 0, report.stderr
+    rows = list(csv.DictReader((sweep / "report.csv").open()))
+    assert len(rows) == 4
+    depths = [o for r in rows for o in r["overrides"].split() if o.startswith("model.depth=")]
+    assert sorted(depths) == ["model.depth=1"] * 2 + ["model.depth=2"] * 2
+    test_bpd = [float(r["test/bpd"]) for r in rows]
+    assert test_bpd == sorted(test_bpd)
+    assert "| run | overrides | val/bpd | test/bpd |" in report.stdout
+
+
+def test_bad_input_is_one_clear_line_not_a_trace(tmp_path: Path) -> None:
+    result = _run_app([*TINY_CLI, "data.n_bits=9", f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert result.returncode == 1
+    assert "glowlab-train: error: n_bits must be an integer in 1..8, got 9" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        (["data.name=svhn"], ValueError, "unknown dataset name='svhn'"),
+        (
+            ["data=fashion_mnist", "data.root=/nonexistent"],
+            FileNotFoundError,
+            "apt-get install dataset-fashion-mnist",
+        ),
+        (["data.n_bits=0"], ValueError, "n_bits"),
+        (["data.batch_size=-4"], ValueError, "data.batch_size=-4 must be > 0"),
+        (["module.optimizer.lr=0"], ValueError, "module.optimizer.lr=0 must be > 0"),
+        (
+            ["data.image_size=12", "model.levels=3"],
+            ValueError,
+            "12×12 is not divisible by 2\\*\\*3",
+        ),
+        (["model.coupling=spline"], ValueError, "coupling='spline'"),
+        (["ckpt_path=/nonexistent/last.ckpt"], FileNotFoundError, "does not exist"),
+    ],
+)
+def test_bad_config_values_are_named(tmp_path: Path, overrides, error, message) -> None:
+    """What the app reports (Hydra's instantiation wrapper removed) names the problem."""
+    base = [
+        o for o in TINY_RUN if o != "data.image_size=8" or "data=fashion_mnist" not in overrides
+    ]
+    with pytest.raises(Exception) as raised:
+        train(compose_run(tmp_path, [*base, *overrides]))
+    cause = user_error(raised.value)
+    assert isinstance(cause, error), raised.value
+    assert re.search(message, str(cause)), str(cause)
+
+
+def test_foreign_checkpoint_is_rejected(tmp_path: Path) -> None:
+    foreign = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ValueError, match="not a glowlab checkpoint"):
+        train(compose_run(tmp_path / "run", [*TINY_RUN, f"ckpt_path={foreign}"]))
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable glowlab checkpoint"):
+        load_checkpoint(garbage)
+
+
+def test_unknown_config_group_option_lists_choices(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="(?s)Could not find 'model/flowpp'.*glow_small"):
+        compose_run(tmp_path, ["model=flowpp"])

@@ -1,0 +1,82 @@
+"""Reading user image files into the integer images a model takes.
+
+Images whose size differs from the model's are resized like the ``image_folder`` dataset does
+(shorter side scaled to the model's side, bicubic, then center-cropped) and images in another
+color mode are converted (to ``L`` for one channel, ``RGB`` for three; alpha is dropped); both
+with one warning listing the files. A file PIL cannot decode is an error naming the file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from glowlab.data.image_folder import IMAGE_EXTENSIONS, scan_image_folder
+
+_MODES = {1: "L", 3: "RGB"}
+
+
+def image_files(path: str | Path, option: str = "inputs") -> list[Path]:
+    """``path`` itself if it is a file, else the image files below the folder (sorted)."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{option}={path} is neither an image file nor a folder")
+    files = scan_image_folder(path)[0]
+    if not files:
+        raise FileNotFoundError(
+            f"{option}={path} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+            "point it at a folder of images"
+        )
+    return files
+
+
+def read_images(
+    paths: Sequence[str | Path], image_shape: Sequence[int], n_bits: int = 8
+) -> Tensor:
+    """Decode ``paths`` into uint8 ``(N, C, H, W)`` in ``[0, 2^n_bits)`` for ``image_shape``.
+
+    Resizes and converts with a warning (see the module docstring); raises ``ValueError``
+    naming the first file that cannot be decoded.
+    """
+    if not paths:
+        raise ValueError("no image files to read")
+    channels, height, width = (int(s) for s in image_shape)
+    if channels not in _MODES:
+        raise ValueError(
+            f"image files give 1 (L) or 3 (RGB) channels; this model takes {channels}"
+        )
+    mode, resized, converted, images = _MODES[channels], [], [], []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise FileNotFoundError(f"image file {path} does not exist")
+        try:
+            with Image.open(path) as img:
+                img.load()
+                if img.mode != mode:
+                    converted.append(f"{path.name} ({img.mode})")
+                    img = img.convert(mode)
+                if img.size != (width, height):
+                    resized.append(f"{path.name} ({img.width}x{img.height})")
+                    img = ImageOps.fit(img, (width, height), method=Image.Resampling.BICUBIC)
+                pixels = np.array(img, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+            raise ValueError(f"cannot read image file {path}: {error}") from None
+        images.append(torch.from_numpy(pixels).reshape(height, width, channels))
+    _warn(converted, f"converted to {mode}")
+    _warn(resized, f"resized to {width}x{height} (scaled, center-cropped)")
+    x = torch.stack(images).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
+    return x >> (8 - n_bits)
+
+
+def _warn(names: list[str], what: str) -> None:
+    if names:
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        warnings.warn(f"{len(names)} image file(s) {what}: {shown}", stacklevel=3)
