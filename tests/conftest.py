@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
-import pytest
-import torch
+# The test models are tiny: one thread per process is several times faster than two threads
+# fighting over two cores (and the DDP/sweep tests start subprocesses, which inherit this).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 

@@ -1,0 +1,124 @@
+"""Throughput and memory of a flow: one JSON line per measurement.
+
+    python scripts/benchmark.py                                  # the CPU default model
+    python scripts/benchmark.py --preset glow_cifar10 --device cuda --batch-size 64
+    python scripts/benchmark.py --preset fmnist_small --depths 4 8 16    # step time vs K
+
+Training throughput: images/s of a full step (forward, bpd, backward, optimizer step), the
+median of ``--steps`` timed steps after ``--warmup``. Sampling: images/s at T=1 in eval mode.
+Peak memory: CUDA ``max_memory_allocated`` or the process's max RSS on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+import glowlab
+
+PRESETS: dict[str, tuple[tuple[int, int, int], dict]] = {
+    # the main job's model (conf/experiment/fmnist_glow_cpu.yaml)
+    "fmnist_default": ((1, 28, 28), {"levels": 2, "depth": 6, "width": 96}),
+    # issue-5 'small' CPU reference: 1×32×32, L=3, K=8, width 128
+    "small": ((1, 32, 32), {"levels": 3, "depth": 8, "width": 128}),
+    # Glow CIFAR-10 paper model: L=3, K=32, width 512, affine, LU, learned priors
+    "glow_cifar10": ((3, 32, 32), {"levels": 3, "depth": 32, "width": 512}),
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_seconds(
+    fn: Callable[[], None], device: torch.device, warmup: int, steps: int
+) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def benchmark(
+    preset: str, overrides: dict, device: torch.device, batch_size: int, warmup: int, steps: int
+) -> dict:
+    shape, kwargs = PRESETS[preset]
+    kwargs = {**kwargs, **overrides}
+    torch.manual_seed(0)
+    model = glowlab.glow(shape, **kwargs).to(device)
+    x = torch.randint(0, 256, (batch_size, *shape), dtype=torch.uint8, device=device)
+    model.train()
+    with torch.no_grad():
+        model(x)  # ActNorm init
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def train_step() -> None:
+        loss = model.bits_per_dim(x).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    train_s = _median_seconds(train_step, device, warmup, steps)
+    peak = _peak_memory_mb(device)
+    model.eval()
+    sample_s = _median_seconds(lambda: model.sample(batch_size), device, 1, max(3, steps // 3))
+    return {
+        "preset": preset,
+        "settings": {"image_shape": list(shape), **kwargs, "batch_size": batch_size},
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "train_images_per_s": round(batch_size / train_s, 1),
+        "train_step_ms": round(1000 * train_s, 1),
+        "sample_images_per_s": round(batch_size / sample_s, 1),
+        "peak_memory_mb": round(peak, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="fmnist_default", choices=sorted(PRESETS))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--depths", type=int, nargs="*", help="repeat for each depth K")
+    parser.add_argument("--coupling", choices=["affine", "additive"])
+    parser.add_argument("--permutation", choices=["lu", "conv1x1", "reverse", "shuffle"])
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    overrides = {k: getattr(args, k) for k in ("coupling", "permutation") if getattr(args, k)}
+    for depth in args.depths or [None]:
+        extra = overrides if depth is None else {**overrides, "depth": depth}
+        result = benchmark(args.preset, extra, device, args.batch_size, args.warmup, args.steps)
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
