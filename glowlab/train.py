@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,9 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from glowlab.cli import run_cli
 from glowlab.training.callbacks import SampleGrid
 from glowlab.training.checkpoints import load_checkpoint
 from glowlab.training.run import RunObjects, build_run
@@ -136,31 +135,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
-
-
-def user_error(error: BaseException) -> BaseException | None:
-    """The user-facing cause of ``error`` (unwrapping Hydra's instantiation errors), or None."""
-    if isinstance(error, InstantiationException) and isinstance(error.__cause__, USER_ERRORS):
-        return error.__cause__
-    return error if isinstance(error, USER_ERRORS) else None
-
-
-def exit_on_user_error(prog: str, error: BaseException) -> None:
-    """Print a one-line message for a bad input and exit 1; re-raise anything else."""
-    cause = user_error(error)
-    if cause is None:
-        raise error
-    log.error("%s", cause)
-    sys.exit(f"{prog}: error: {cause}")
-
-
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        metrics = train(cfg)
-    except Exception as error:  # noqa: BLE001 - bad input becomes one line, bugs re-raise
-        exit_on_user_error("glowlab-train", error)
+    metrics = run_cli("glowlab-train", train, cfg)
     value = metrics.get(cfg.get("optimized_metric", "val/bpd"))
     return None if value is None else float(value)
 

@@ -13,7 +13,8 @@ import lightning as L
 import pytest
 import torch
 
-from glowlab.train import train, user_error
+from glowlab.cli import user_error
+from glowlab.train import train
 from glowlab.training.checkpoints import load_checkpoint
 from glowlab.training.run import build_run
 from tests.conftest import TINY_RUN, compose_run

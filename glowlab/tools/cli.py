@@ -1,30 +1,15 @@
-"""What every tool's Hydra ``main`` shares: bad input becomes one ``error:`` line."""
+"""Small helpers the tools' Hydra apps share (``run_cli`` lives in ``glowlab.cli``)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig
-from omegaconf.errors import MissingMandatoryValue
 
 log = logging.getLogger("glowlab.tools")
-
-
-def run_cli(prog: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Return ``run(cfg)``; on a user error exit with ``{prog}: error: <message>``."""
-    try:
-        return run(cfg)
-    except MissingMandatoryValue as error:
-        message = f"{error.full_key} is required; pass {error.full_key}=<value>"
-    except (ValueError, FileNotFoundError) as error:
-        message = str(error)
-    log.error("%s", message)
-    sys.exit(f"{prog}: error: {message}")
 
 
 def output_dir(cfg: DictConfig) -> Path:

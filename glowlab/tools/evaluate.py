@@ -24,9 +24,10 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from glowlab.cli import run_cli
 from glowlab.data import ImageDataModule
 from glowlab.models.multiscale import MultiscaleFlow
-from glowlab.tools.cli import output_dir, run_cli, write_json
+from glowlab.tools.cli import output_dir, write_json
 from glowlab.tools.likelihood import UNIFORM_DEQUANTIZATION, LikelihoodBound, per_image_bpd
 from glowlab.tools.loading import build_datamodule, load_flow, model_labels, split_loader
 from glowlab.tools.plots import histogram

@@ -25,8 +25,9 @@ from torch import Tensor
 from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import save_image
 
+from glowlab.cli import run_cli
 from glowlab.models.multiscale import MultiscaleFlow
-from glowlab.tools.cli import output_dir, run_cli, write_json
+from glowlab.tools.cli import output_dir, write_json
 from glowlab.tools.images import read_images
 from glowlab.tools.loading import (
     build_datamodule,

@@ -22,8 +22,9 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from glowlab.cli import run_cli
 from glowlab.models.multiscale import MultiscaleFlow
-from glowlab.tools.cli import as_list, output_dir, run_cli, write_json
+from glowlab.tools.cli import as_list, output_dir, write_json
 from glowlab.tools.loading import (
     build_datamodule,
     images_at,

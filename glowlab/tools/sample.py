@@ -21,8 +21,9 @@ from omegaconf import DictConfig
 from torch import Tensor
 from torchvision.utils import save_image
 
+from glowlab.cli import run_cli
 from glowlab.models.multiscale import MultiscaleFlow
-from glowlab.tools.cli import as_list, output_dir, run_cli, write_json
+from glowlab.tools.cli import as_list, output_dir, write_json
 from glowlab.tools.loading import load_flow
 from glowlab.tools.plots import labelled_grid
 from glowlab.train import CONFIG_DIR

@@ -30,9 +30,10 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from glowlab.cli import run_cli
 from glowlab.data import ImageDataModule
 from glowlab.models.multiscale import MultiscaleFlow
-from glowlab.tools.cli import output_dir, run_cli, write_json
+from glowlab.tools.cli import output_dir, write_json
 from glowlab.tools.images import image_files, read_images
 from glowlab.tools.likelihood import per_image_bpd
 from glowlab.tools.loading import SPLITS, build_datamodule, file_labels, load_flow, split_loader
