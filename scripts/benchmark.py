@@ -6,7 +6,8 @@
 
 Training throughput: images/s of a full step (forward, bpd, backward, optimizer step), the
 median of ``--steps`` timed steps after ``--warmup``. Sampling: images/s at T=1 in eval mode.
-Peak memory: CUDA ``max_memory_allocated`` or the process's max RSS on the CPU.
+Peak memory: CUDA ``max_memory_allocated`` or the process's max RSS on the CPU; saved
+activations: the bytes autograd keeps for backward in one step (device-independent).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Callable
 import torch
 
 import glowlab
+from glowlab.profiling import saved_activation_bytes
 
 PRESETS: dict[str, tuple[tuple[int, int, int], dict]] = {
     # the main job's model (conf/experiment/fmnist_glow_cpu.yaml)
@@ -82,6 +84,7 @@ def benchmark(
 
     train_s = _median_seconds(train_step, device, warmup, steps)
     peak = _peak_memory_mb(device)
+    activations = saved_activation_bytes(lambda: model.bits_per_dim(x).mean()) / 2**20
     model.eval()
     sample_s = _median_seconds(lambda: model.sample(batch_size), device, 1, max(3, steps // 3))
     return {
@@ -97,6 +100,7 @@ def benchmark(
         "train_step_ms": round(1000 * train_s, 1),
         "sample_images_per_s": round(batch_size / sample_s, 1),
         "peak_memory_mb": round(peak, 1),
+        "saved_activations_mb": round(activations, 1),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
 
@@ -111,9 +115,12 @@ def main() -> None:
     parser.add_argument("--depths", type=int, nargs="*", help="repeat for each depth K")
     parser.add_argument("--coupling", choices=["affine", "additive"])
     parser.add_argument("--permutation", choices=["lu", "conv1x1", "reverse", "shuffle"])
+    parser.add_argument("--memory-saving", action="store_true", help="recompute activations")
     args = parser.parse_args()
     device = torch.device(args.device)
     overrides = {k: getattr(args, k) for k in ("coupling", "permutation") if getattr(args, k)}
+    if args.memory_saving:
+        overrides["memory_saving"] = True
     for depth in args.depths or [None]:
         extra = overrides if depth is None else {**overrides, "depth": depth}
         result = benchmark(args.preset, extra, device, args.batch_size, args.warmup, args.steps)

@@ -159,3 +159,20 @@ def test_unknown_options_name_the_allowed_values() -> None:
         Coupling(4, glow_net, transform="spline")
     with pytest.raises(ValueError, match="n_bits"):
         Dequantize(9)
+
+
+@pytest.mark.parametrize("name", ["conv1x1", "conv1x1_lu"])
+def test_cached_1x1_weight_follows_parameter_updates(name: str) -> None:
+    layer = _prepared(name)
+    x = _inputs(name)
+    with torch.no_grad():
+        z_before = layer(x)[0]
+        assert torch.equal(layer(x)[0], z_before)  # served from the cache
+        perturb_parameters(layer, 0.1, seed=5)  # an in-place update, like an optimizer step
+        z_after = layer(x)[0]
+        assert not torch.allclose(z_after, z_before)
+        assert torch.allclose(layer.inverse(z_after), x, atol=1e-10)
+    fresh = LAYERS[name]().double()
+    fresh.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(fresh(x)[0], z_after, atol=1e-12)

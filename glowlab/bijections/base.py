@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
 from torch import Tensor, nn
+
+from glowlab.bijections.reversible import reversible_forward
 
 
 class Bijection(nn.Module):
@@ -27,13 +30,20 @@ class Bijection(nn.Module):
 
 
 class Sequential(Bijection):
-    """Composition ``f_n ∘ ... ∘ f_1``; the logdets add up."""
+    """Composition ``f_n ∘ ... ∘ f_1``; the logdets add up.
 
-    def __init__(self, layers: Iterable[Bijection]) -> None:
+    With ``memory_saving=True`` a training forward keeps no activations: the backward pass
+    recomputes each layer's input from its output (see ``glowlab.bijections.reversible``).
+    """
+
+    def __init__(self, layers: Iterable[Bijection], memory_saving: bool = False) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
+        self.memory_saving = memory_saving
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.memory_saving and torch.is_grad_enabled() and self._needs_grad(x):
+            return reversible_forward(list(self.layers), x, cond)
         logdet = x.new_zeros(x.shape[0])
         for layer in self.layers:
             x, step_logdet = layer(x, cond)
@@ -44,6 +54,9 @@ class Sequential(Bijection):
         for layer in reversed(self.layers):
             z = layer.inverse(z, cond)
         return z
+
+    def _needs_grad(self, x: Tensor) -> bool:
+        return x.requires_grad or any(p.requires_grad for p in self.parameters())
 
     def __len__(self) -> int:
         return len(self.layers)

@@ -43,12 +43,35 @@ def _random_rotation(channels: int, seed: int) -> Tensor:
     return q
 
 
+class _CachedWeight(Bijection):
+    """Shared by the 1×1 convolutions: when no gradient is needed (evaluation, sampling) the
+    assembled weight and its inverse are computed once and reused until a parameter changes
+    (tracked by the parameters' in-place version counters)."""
+
+    def weight(self) -> Tensor:
+        raise NotImplementedError
+
+    def _weight_and_inverse(self, need_inverse: bool) -> tuple[Tensor, Tensor | None]:
+        params = list(self.parameters())
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            weight = self.weight()
+            return weight, torch.linalg.inv(weight.double()) if need_inverse else None
+        key = tuple(p._version for p in params) + tuple(p.data_ptr() for p in params)
+        cache = getattr(self, "_cache", None)
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                weight = self.weight()
+                cache = (key, weight, torch.linalg.inv(weight.double()))
+            self._cache = cache
+        return cache[1], cache[2]
+
+
 def _conv1x1(x: Tensor, weight: Tensor) -> Tensor:
     """``z[:, i] = Σ_j W[i, j] x[:, j]`` at every pixel: ``(B, C, H, W) -> (B, C, H, W)``."""
     return F.conv2d(x, weight.to(x.dtype)[:, :, None, None])
 
 
-class InvConv1x1(Bijection):
+class InvConv1x1(_CachedWeight):
     """Invertible 1×1 convolution with a full weight ``W``; logdet = ``H·W·log|det W|``.
 
     Initialised to a random rotation. References: Kingma & Dhariwal, "Glow", 2018.
@@ -56,17 +79,20 @@ class InvConv1x1(Bijection):
 
     def __init__(self, channels: int, seed: int = 0) -> None:
         super().__init__()
-        self.weight = nn.Parameter(_random_rotation(channels, seed))
+        self.matrix = nn.Parameter(_random_rotation(channels, seed))
+
+    def weight(self) -> Tensor:
+        return self.matrix
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        logdet = torch.linalg.slogdet(self.weight.double())[1] * (x.shape[2] * x.shape[3])
-        return _conv1x1(x, self.weight), constant_logdet(x, logdet)
+        logdet = torch.linalg.slogdet(self.matrix.double())[1] * (x.shape[2] * x.shape[3])
+        return _conv1x1(x, self._weight_and_inverse(False)[0]), constant_logdet(x, logdet)
 
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
-        return _conv1x1(z, torch.linalg.inv(self.weight.double()))
+        return _conv1x1(z, self._weight_and_inverse(True)[1])
 
 
-class InvConv1x1LU(Bijection):
+class InvConv1x1LU(_CachedWeight):
     """LU-parametrised invertible 1×1 convolution, ``W = P · L · (U + diag(sign · exp(log_s)))``.
 
     ``P`` (permutation) and ``sign`` are fixed buffers; ``L`` is unit lower-triangular and
@@ -94,7 +120,7 @@ class InvConv1x1LU(Bijection):
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         logdet = self.log_s.sum() * (x.shape[2] * x.shape[3])
-        return _conv1x1(x, self.weight()), constant_logdet(x, logdet)
+        return _conv1x1(x, self._weight_and_inverse(False)[0]), constant_logdet(x, logdet)
 
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
-        return _conv1x1(z, torch.linalg.inv(self.weight().double()))
+        return _conv1x1(z, self._weight_and_inverse(True)[1])

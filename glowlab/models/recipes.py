@@ -6,6 +6,8 @@
 - ``nice``: per level Squeeze → K additive couplings → diagonal scaling → factor-out.
 
 Every option is checked at build time; a bad one raises ``ValueError`` naming it.
+``memory_saving=True`` recomputes each level's activations from its output in the backward
+pass (same gradients, activation memory independent of the depth).
 """
 
 from __future__ import annotations
@@ -93,10 +95,16 @@ def _levels_to_model(
     preprocess: Bijection,
     n_bits: int,
     num_classes: int | None,
+    memory_saving: bool,
 ) -> MultiscaleFlow:
     last = len(transforms) - 1
     levels = [
-        Level(Sequential(layers), _prior(prior, shape, i < last, num_classes), shape, i < last)
+        Level(
+            Sequential(layers, memory_saving),
+            _prior(prior, shape, i < last, num_classes),
+            shape,
+            i < last,
+        )
         for i, (layers, shape) in enumerate(transforms)
     ]
     return MultiscaleFlow(image_shape, preprocess, levels, n_bits, num_classes or None)
@@ -126,6 +134,7 @@ def glow(
     num_classes: int | None = None,
     logit_alpha: float = 0.05,
     seed: int = 0,
+    memory_saving: bool = False,
 ) -> MultiscaleFlow:
     """Glow (Kingma & Dhariwal, 2018). CIFAR-10 paper setting: levels=3, depth=32, width=512.
 
@@ -151,7 +160,13 @@ def glow(
         transforms.append((layers, (c, h, w)))
         c //= 2
     return _levels_to_model(
-        image_shape, transforms, prior, _preprocess(preprocess, logit_alpha), n_bits, num_classes
+        image_shape,
+        transforms,
+        prior,
+        _preprocess(preprocess, logit_alpha),
+        n_bits,
+        num_classes,
+        memory_saving,
     )
 
 
@@ -170,6 +185,7 @@ def realnvp(
     actnorm: bool = True,
     num_classes: int | None = None,
     logit_alpha: float = 0.05,
+    memory_saving: bool = False,
 ) -> MultiscaleFlow:
     """Real NVP (Dinh et al., 2017). CIFAR-10 paper setting: 2 scales, 8 residual blocks, 64
     features. ``depth`` couplings per mask type (3 in the paper; the last level has depth+1
@@ -199,7 +215,13 @@ def realnvp(
         c //= 2
     transforms.append((couplings(c, "checkerboard", depth + 1), (c, h, w)))
     return _levels_to_model(
-        image_shape, transforms, prior, _preprocess(preprocess, logit_alpha), n_bits, num_classes
+        image_shape,
+        transforms,
+        prior,
+        _preprocess(preprocess, logit_alpha),
+        n_bits,
+        num_classes,
+        memory_saving,
     )
 
 
@@ -216,6 +238,7 @@ def nice(
     blocks: int = 2,
     num_classes: int | None = None,
     logit_alpha: float = 0.05,
+    memory_saving: bool = False,
 ) -> MultiscaleFlow:
     """NICE (Dinh et al., 2015) on images: additive couplings with alternating masks (the
     channel mask alternates halves), then a learned diagonal scaling of every dimension.
@@ -234,5 +257,11 @@ def nice(
         transforms.append((layers, (c, h, w)))
         c //= 2
     return _levels_to_model(
-        image_shape, transforms, prior, _preprocess(preprocess, logit_alpha), n_bits, num_classes
+        image_shape,
+        transforms,
+        prior,
+        _preprocess(preprocess, logit_alpha),
+        n_bits,
+        num_classes,
+        memory_saving,
     )
