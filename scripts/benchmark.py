@@ -27,7 +27,10 @@ from glowlab.profiling import saved_activation_bytes
 
 PRESETS: dict[str, tuple[tuple[int, int, int], dict]] = {
     # the main job's model (conf/experiment/fmnist_glow_cpu.yaml)
-    "fmnist_default": ((1, 28, 28), {"levels": 2, "depth": 6, "width": 96}),
+    "fmnist_default": (
+        (1, 28, 28),
+        {"levels": 2, "depth": 4, "width": 64, "preprocess": "logit", "scale": "exp_tanh"},
+    ),
     # issue-5 'small' CPU reference: 1×32×32, L=3, K=8, width 128
     "small": ((1, 32, 32), {"levels": 3, "depth": 8, "width": 128}),
     # Glow CIFAR-10 paper model: L=3, K=32, width 512, affine, LU, learned priors

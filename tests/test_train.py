@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from glowlab.cli import user_error
-from glowlab.train import train
+from glowlab.train import fit_and_test, train
 from glowlab.training.checkpoints import load_checkpoint
 from glowlab.training.run import build_run
 from tests.conftest import TINY_RUN, compose_run
@@ -160,3 +160,29 @@ def test_foreign_checkpoint_is_rejected(tmp_path: Path) -> None:
 def test_unknown_config_group_option_lists_choices(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="(?s)Could not find 'model/flowpp'.*glow_small"):
         compose_run(tmp_path, ["model=flowpp"])
+
+
+class _PoisonAtStep(L.Callback):
+    """Make the model produce NaN from a given step on, as a diverging run would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.model.parameters()).fill_(float("nan"))
+
+
+def test_nonfinite_loss_stops_with_a_clear_message_and_keeps_last_good_checkpoint(
+    tmp_path: Path,
+) -> None:
+    cfg = compose_run(tmp_path, TINY_RUN)
+    run = build_run(cfg)
+    run.trainer.callbacks.insert(0, _PoisonAtStep(12))
+    with pytest.raises(FloatingPointError, match=r"NaN/Inf at step 12.*last\.ckpt.*lr"):
+        fit_and_test(cfg, run)
+    assert run.trainer.global_step <= 13  # stopped right there, not at the end of training
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 8
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())

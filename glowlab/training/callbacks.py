@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
 
@@ -98,3 +99,13 @@ class ReconstructionMonitor(L.Callback):
         pl_module.log("val/recon_max_abs", (v_back - v).abs().max(), sync_dist=True)
         errors = (model.dequantize.inverse(v_back) != x).sum().float()
         pl_module.log("val/recon_pixel_errors", errors, sync_dist=True, reduce_fx="sum")
+
+
+class GuardedModelCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` (atomic writes, best + ``last.ckpt``) that writes nothing
+    once the loss has gone non-finite, so ``last.ckpt`` keeps the last good weights."""
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        if getattr(trainer.lightning_module, "nonfinite_step", None) is not None:
+            return
+        super()._save_checkpoint(trainer, filepath)
