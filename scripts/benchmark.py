@@ -25,16 +25,20 @@ import torch
 import glowlab
 from glowlab.profiling import saved_activation_bytes
 
-PRESETS: dict[str, tuple[tuple[int, int, int], dict]] = {
+PRESETS: dict[str, tuple[str, tuple[int, int, int], dict]] = {
     # the main job's model (conf/experiment/fmnist_glow_cpu.yaml)
     "fmnist_default": (
+        "glow",
         (1, 28, 28),
         {"levels": 2, "depth": 4, "width": 64, "preprocess": "logit", "scale": "exp_tanh"},
     ),
+    # conf/model/glow_small.yaml and realnvp_small.yaml on Fashion-MNIST
+    "glow_small": ("glow", (1, 28, 28), {"levels": 2, "depth": 8, "width": 128}),
+    "realnvp_small": ("realnvp", (1, 28, 28), {"levels": 2, "width": 32, "blocks": 2}),
     # issue-5 'small' CPU reference: 1×32×32, L=3, K=8, width 128
-    "small": ((1, 32, 32), {"levels": 3, "depth": 8, "width": 128}),
+    "small": ("glow", (1, 32, 32), {"levels": 3, "depth": 8, "width": 128}),
     # Glow CIFAR-10 paper model: L=3, K=32, width 512, affine, LU, learned priors
-    "glow_cifar10": ((3, 32, 32), {"levels": 3, "depth": 32, "width": 512}),
+    "glow_cifar10": ("glow", (3, 32, 32), {"levels": 3, "depth": 32, "width": 512}),
 }
 
 
@@ -67,10 +71,10 @@ def _peak_memory_mb(device: torch.device) -> float:
 def benchmark(
     preset: str, overrides: dict, device: torch.device, batch_size: int, warmup: int, steps: int
 ) -> dict:
-    shape, kwargs = PRESETS[preset]
+    builder, shape, kwargs = PRESETS[preset]
     kwargs = {**kwargs, **overrides}
     torch.manual_seed(0)
-    model = glowlab.glow(shape, **kwargs).to(device)
+    model = getattr(glowlab, builder)(shape, **kwargs).to(device)
     x = torch.randint(0, 256, (batch_size, *shape), dtype=torch.uint8, device=device)
     model.train()
     with torch.no_grad():
@@ -92,7 +96,12 @@ def benchmark(
     sample_s = _median_seconds(lambda: model.sample(batch_size), device, 1, max(3, steps // 3))
     return {
         "preset": preset,
-        "settings": {"image_shape": list(shape), **kwargs, "batch_size": batch_size},
+        "settings": {
+            "model": builder,
+            "image_shape": list(shape),
+            **kwargs,
+            "batch_size": batch_size,
+        },
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device)
         if device.type == "cuda"
