@@ -186,3 +186,11 @@ def test_nonfinite_loss_stops_with_a_clear_message_and_keeps_last_good_checkpoin
     last = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert last["global_step"] == 8
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+
+
+def test_last_checkpoint_holds_the_final_weights_when_training_stops_mid_epoch(
+    tmp_path: Path,
+) -> None:
+    metrics = train(compose_run(tmp_path, [*TINY_RUN, "trainer.max_steps=11", "test=false"]))
+    assert metrics["steps"] == 11
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 11

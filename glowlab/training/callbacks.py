@@ -102,10 +102,20 @@ class ReconstructionMonitor(L.Callback):
 
 
 class GuardedModelCheckpoint(ModelCheckpoint):
-    """Lightning's ``ModelCheckpoint`` (atomic writes, best + ``last.ckpt``) that writes nothing
-    once the loss has gone non-finite, so ``last.ckpt`` keeps the last good weights."""
+    """Lightning's ``ModelCheckpoint`` (atomic writes, best + ``last.ckpt``) with two changes:
+
+    - nothing is written once the loss has gone non-finite, so ``last.ckpt`` keeps the last
+      good weights;
+    - ``last.ckpt`` is also written when training ends between validations (``max_steps`` or
+      ``max_time`` reached mid-epoch), so the final weights are never lost.
+    """
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         if getattr(trainer.lightning_module, "nonfinite_step", None) is not None:
             return
         super()._save_checkpoint(trainer, filepath)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
