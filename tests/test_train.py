@@ -194,3 +194,35 @@ def test_last_checkpoint_holds_the_final_weights_when_training_stops_mid_epoch(
     metrics = train(compose_run(tmp_path, [*TINY_RUN, "trainer.max_steps=11", "test=false"]))
     assert metrics["steps"] == 11
     assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 11
+
+
+@pytest.mark.slow
+def test_optuna_search_and_joblib_launcher_run(tmp_path: Path) -> None:
+    """hparams_search=optuna minimises val/bpd; hydra/launcher=joblib runs jobs in parallel."""
+    optuna_dir, joblib_dir = tmp_path / "optuna", tmp_path / "joblib"
+    result = _run_app(
+        [
+            *TINY_CLI,
+            "hparams_search=optuna",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.sampler.n_startup_trials=2",
+            f"hydra.sweep.dir={optuna_dir}",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = (optuna_dir / "optimization_results.yaml").read_text()
+    assert "best_value" in best and "name: optuna" in best
+    assert len(list(optuna_dir.glob("*/metrics.json"))) == 2
+    result = _run_app(
+        [
+            "-m",
+            *TINY_CLI,
+            "hydra/launcher=joblib",
+            "model.depth=1,2",
+            f"hydra.sweep.dir={joblib_dir}",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list(joblib_dir.glob("*/metrics.json"))) == 2
