@@ -226,3 +226,16 @@ def test_optuna_search_and_joblib_launcher_run(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list(joblib_dir.glob("*/metrics.json"))) == 2
+
+
+def test_user_config_dir_adds_an_experiment_without_editing_the_package(tmp_path: Path) -> None:
+    user_conf = tmp_path / "my_conf" / "experiment"
+    user_conf.mkdir(parents=True)
+    (user_conf / "mine.yaml").write_text(
+        "# @package _global_\ntask_name: mine\nmodel:\n  coupling: additive\n"
+    )
+    cfg = compose_run(
+        tmp_path / "run",
+        [*TINY_RUN, f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "experiment=mine"],
+    )
+    assert (cfg.task_name, cfg.model.coupling) == ("mine", "additive")
