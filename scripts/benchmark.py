@@ -69,12 +69,20 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def benchmark(
-    preset: str, overrides: dict, device: torch.device, batch_size: int, warmup: int, steps: int
+    preset: str,
+    overrides: dict,
+    device: torch.device,
+    batch_size: int,
+    warmup: int,
+    steps: int,
+    channels_last: bool = False,
 ) -> dict:
     builder, shape, kwargs = PRESETS[preset]
     kwargs = {**kwargs, **overrides}
     torch.manual_seed(0)
     model = getattr(glowlab, builder)(shape, **kwargs).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     x = torch.randint(0, 256, (batch_size, *shape), dtype=torch.uint8, device=device)
     model.train()
     with torch.no_grad():
@@ -128,14 +136,25 @@ def main() -> None:
     parser.add_argument("--coupling", choices=["affine", "additive"])
     parser.add_argument("--permutation", choices=["lu", "conv1x1", "reverse", "shuffle"])
     parser.add_argument("--memory-saving", action="store_true", help="recompute activations")
+    parser.add_argument("--bf16-conditioner", action="store_true", help="bf16 coupling nets")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC conv weights")
     args = parser.parse_args()
     device = torch.device(args.device)
     overrides = {k: getattr(args, k) for k in ("coupling", "permutation") if getattr(args, k)}
-    if args.memory_saving:
-        overrides["memory_saving"] = True
+    for switch in ("memory_saving", "bf16_conditioner"):
+        if getattr(args, switch):
+            overrides[switch] = True
     for depth in args.depths or [None]:
         extra = overrides if depth is None else {**overrides, "depth": depth}
-        result = benchmark(args.preset, extra, device, args.batch_size, args.warmup, args.steps)
+        result = benchmark(
+            args.preset,
+            extra,
+            device,
+            args.batch_size,
+            args.warmup,
+            args.steps,
+            args.channels_last,
+        )
         print(json.dumps(result), flush=True)
 
 

@@ -43,6 +43,11 @@ class Coupling(Bijection):
     Affine scale: ``"sigmoid"`` uses ``s = sigmoid(h + 2)`` (Glow); ``"exp_tanh"`` uses
     ``s = exp(a · tanh(h))`` with a learned per-channel ``a`` (RealNVP). logdet = ``Σ_b log s``.
 
+    ``bf16_conditioner=True`` runs only the conditioner network under bfloat16 autocast; its
+    output is cast back, so scales, shifts and the logdet are computed in the input's dtype.
+    Forward and inverse evaluate the conditioner on the same ``x_a``, so the layer stays
+    exactly invertible.
+
     References: Dinh et al., NICE (2015) and Real NVP (2017); Kingma & Dhariwal, Glow (2018).
     """
 
@@ -54,12 +59,14 @@ class Coupling(Bijection):
         transform: str = "affine",
         parity: int = 0,
         scale: str = "sigmoid",
+        bf16_conditioner: bool = False,
     ) -> None:
         super().__init__()
         self.mask = choose("mask", mask, MASKS)
         self.transform = choose("coupling", transform, TRANSFORMS)
         self.scale = choose("scale", scale, SCALES)
         self.parity = parity % 2
+        self.bf16_conditioner = bf16_conditioner
         if mask == "channel" and channels % 2:
             raise ValueError(
                 f"a channel-mask coupling needs an even number of channels, got {channels}; "
@@ -89,6 +96,13 @@ class Coupling(Bijection):
             return x * m + z_b * (1 - m)
         return torch.cat([z_b, x_a] if self.parity else [x_a, z_b], dim=1)
 
+    def _conditioner(self, net_in: Tensor) -> Tensor:
+        if not self.bf16_conditioner:
+            return self.net(net_in)
+        with torch.autocast(net_in.device.type, dtype=torch.bfloat16):
+            h = self.net(net_in)
+        return h.to(net_in.dtype)
+
     def _shift_and_log_scale(self, h: Tensor) -> tuple[Tensor, Tensor | None]:
         if self.transform == "additive":
             return h, None
@@ -99,7 +113,7 @@ class Coupling(Bijection):
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         net_in, x_b, m = self._split(x)
-        shift, log_scale = self._shift_and_log_scale(self.net(net_in))
+        shift, log_scale = self._shift_and_log_scale(self._conditioner(net_in))
         if log_scale is None:
             z_b, logdet = x_b + shift, x.new_zeros(x.shape[0])
         else:
@@ -109,7 +123,7 @@ class Coupling(Bijection):
 
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
         net_in, z_b, m = self._split(z)
-        shift, log_scale = self._shift_and_log_scale(self.net(net_in))
+        shift, log_scale = self._shift_and_log_scale(self._conditioner(net_in))
         x_b = z_b - shift
         if log_scale is not None:
             x_b = x_b * torch.exp(-log_scale)

@@ -39,6 +39,8 @@ class FlowModule(L.LightningModule):
         init_batch_size: images used for ActNorm's data-dependent initialisation, run once
             before the first step (all DDP ranks average their statistics).
         eval_seed: seed of the dequantisation noise in validation and test.
+        channels_last: keep the convolution weights in NHWC layout (faster convolutions on
+            recent CPUs and GPUs; the numbers are the same).
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class FlowModule(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         init_batch_size: int = 512,
         eval_seed: int = 1234,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         check_positive("init_batch_size", init_batch_size)
@@ -56,6 +59,8 @@ class FlowModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.init_batch_size = init_batch_size
         self.eval_seed = eval_seed
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.metrics = torch.nn.ModuleDict(
             {f"{stage}_{part}": MeanMetric() for stage in ("val", "test") for part in _PARTS}
         )
