@@ -65,6 +65,7 @@ class FlowModule(L.LightningModule):
             {f"{stage}_{part}": MeanMetric() for stage in ("val", "test") for part in _PARTS}
         )
         self.ranks_agree: dict[str, bool] = {}
+        self.nonfinite_step: int | None = None  # set when the loss goes NaN/Inf
         self.run_config: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- set-up
@@ -172,8 +173,6 @@ class FlowModule(L.LightningModule):
         # Resume the random streams where the interrupted run saved them. Nothing before the
         # first training batch draws from them: evaluation uses its own generators.
         restore_rng_state(checkpoint["glowlab"]["rng_state"])
-
-    nonfinite_step: int | None = None
 
 
 _PARTS = ("bpd", "prior_bpd", "logdet_bpd")
