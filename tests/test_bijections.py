@@ -44,6 +44,10 @@ LAYERS = {
     "affine_channel_tanh_resnet": lambda: Coupling(C, resnet_net, "channel", scale="exp_tanh"),
     "additive_channel": lambda: Coupling(C, glow_net, "channel", "additive"),
     "additive_checkerboard": lambda: Coupling(C, glow_net, "checkerboard", "additive"),
+    "spline_channel": lambda: Coupling(C, glow_net, "channel", "spline", spline_bins=4),
+    "spline_checkerboard": lambda: Coupling(
+        C, resnet_net, "checkerboard", "spline", parity=1, spline_bins=5, tail_bound=1.5
+    ),
     "shift": lambda: Shift(),
     "logit": lambda: Logit(0.05),
     "diagonal_scale": lambda: DiagonalScale((C, H, W)),
@@ -93,7 +97,7 @@ def test_logdet_matches_brute_force_jacobian(name: str) -> None:
 def test_perturbed_couplings_are_not_identity() -> None:
     """Guard against a vacuous Jacobian test: the couplings really transform."""
     x = _inputs("affine_checkerboard_sigmoid")
-    for name in ("affine_checkerboard_sigmoid", "affine_channel_sigmoid", "additive_channel"):
+    for name in ("affine_checkerboard_sigmoid", "spline_channel", "additive_channel"):
         z, logdet = _prepared(name)(x)
         assert not torch.allclose(z, x)
     assert logdet.abs().max() == 0  # additive: volume preserving
@@ -155,8 +159,10 @@ def test_channel_mask_needs_even_channels() -> None:
 def test_unknown_options_name_the_allowed_values() -> None:
     with pytest.raises(ValueError, match=r"mask='diagonal'.*\['channel', 'checkerboard'\]"):
         Coupling(4, glow_net, mask="diagonal")
-    with pytest.raises(ValueError, match="coupling='spline'"):
-        Coupling(4, glow_net, transform="spline")
+    with pytest.raises(ValueError, match="coupling='mixture'"):
+        Coupling(4, glow_net, transform="mixture")
+    with pytest.raises(ValueError, match="spline_bins=1 must be >= 2"):
+        Coupling(4, glow_net, transform="spline", spline_bins=1)
     with pytest.raises(ValueError, match="n_bits"):
         Dequantize(9)
 

@@ -40,6 +40,16 @@ TINY = {
         scale="exp_tanh",
         **kw,
     ),
+    "glow_spline_checkerboard": lambda **kw: glow(
+        (1, 8, 8),
+        levels=2,
+        depth=2,
+        width=8,
+        coupling="spline",
+        mask="checkerboard",
+        spline_bins=4,
+        **kw,
+    ),
     "realnvp": lambda **kw: realnvp((1, 8, 8), levels=2, depth=1, width=8, blocks=1, **kw),
     "nice": lambda **kw: nice((1, 8, 8), levels=2, depth=2, width=8, mask="checkerboard", **kw),
 }

@@ -130,7 +130,7 @@ def test_bad_input_is_one_clear_line_not_a_trace(tmp_path: Path) -> None:
             ValueError,
             "12×12 is not divisible by 2\\*\\*3",
         ),
-        (["model.coupling=spline"], ValueError, "coupling='spline'"),
+        (["model.coupling=mixture"], ValueError, "coupling='mixture'"),
         (["ckpt_path=/nonexistent/last.ckpt"], FileNotFoundError, "does not exist"),
     ],
 )

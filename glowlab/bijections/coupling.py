@@ -2,7 +2,8 @@
 
 A coupling splits ``x`` into a part ``x_a`` that passes unchanged and a part ``x_b`` that is
 transformed elementwise with parameters computed from ``x_a`` by a conditioner network:
-``z_b = x_b · s(x_a) + t(x_a)`` (affine) or ``z_b = x_b + t(x_a)`` (additive).
+``z_b = x_b · s(x_a) + t(x_a)`` (affine), ``z_b = x_b + t(x_a)`` (additive) or a monotonic
+rational-quadratic spline with linear tails (spline, Durkan et al. 2019).
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glowlab.bijections.base import Bijection, sum_except_batch
+from glowlab.bijections.splines import rational_quadratic_spline
 from glowlab.validation import choose
 
 Conditioner = Callable[[int, int], nn.Module]
 """Factory ``(in_channels, out_channels) -> net``, net: ``(B, in, H, W) -> (B, out, H, W)``."""
 
 MASKS = ("channel", "checkerboard")
-TRANSFORMS = ("affine", "additive")
+TRANSFORMS = ("affine", "additive", "spline")
 SCALES = ("sigmoid", "exp_tanh")
 
 
@@ -43,6 +45,9 @@ class Coupling(Bijection):
     Affine scale: ``"sigmoid"`` uses ``s = sigmoid(h + 2)`` (Glow); ``"exp_tanh"`` uses
     ``s = exp(a · tanh(h))`` with a learned per-channel ``a`` (RealNVP). logdet = ``Σ_b log s``.
 
+    Spline: ``spline_bins`` bins on ``[-tail_bound, tail_bound]``, identity outside; the
+    conditioner emits ``3·bins - 1`` values per transformed element.
+
     ``bf16_conditioner=True`` runs only the conditioner network under bfloat16 autocast; its
     output is cast back, so scales, shifts and the logdet are computed in the input's dtype.
     Forward and inverse evaluate the conditioner on the same ``x_a``, so the layer stays
@@ -60,6 +65,8 @@ class Coupling(Bijection):
         parity: int = 0,
         scale: str = "sigmoid",
         bf16_conditioner: bool = False,
+        spline_bins: int = 8,
+        tail_bound: float = 3.0,
     ) -> None:
         super().__init__()
         self.mask = choose("mask", mask, MASKS)
@@ -72,7 +79,10 @@ class Coupling(Bijection):
                 f"a channel-mask coupling needs an even number of channels, got {channels}; "
                 "use mask='checkerboard' or squeeze first"
             )
-        n_params = 2 if transform == "affine" else 1
+        if transform == "spline" and spline_bins < 2:
+            raise ValueError(f"spline_bins={spline_bins!r} must be >= 2")
+        self.tail_bound = tail_bound
+        n_params = {"affine": 2, "additive": 1, "spline": 3 * spline_bins - 1}[transform]
         if mask == "channel":
             in_channels, out_channels = channels // 2, n_params * (channels // 2)
         else:
@@ -103,28 +113,34 @@ class Coupling(Bijection):
             h = self.net(net_in)
         return h.to(net_in.dtype)
 
-    def _shift_and_log_scale(self, h: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _elementwise(self, x_b: Tensor, h: Tensor, inverse: bool) -> tuple[Tensor, Tensor | None]:
+        """Transform ``x_b`` with conditioner output ``h``; return it and the forward map's
+        elementwise ``log|dz/dx|`` (None for additive couplings)."""
         if self.transform == "additive":
-            return h, None
+            return (x_b - h if inverse else x_b + h), None
+        if self.transform == "spline":
+            b, c, height, width = x_b.shape
+            params = h.reshape(b, c, -1, height, width).permute(0, 1, 3, 4, 2)  # (B,C,H,W,P)
+            return rational_quadratic_spline(x_b, params, self.tail_bound, inverse)
         shift, raw = h.chunk(2, dim=1)
         if self.scale == "sigmoid":
-            return shift, F.logsigmoid(raw + 2.0)
-        return shift, self.tanh_scale * torch.tanh(raw)
+            log_scale = F.logsigmoid(raw + 2.0)
+        else:
+            log_scale = self.tanh_scale * torch.tanh(raw)
+        if inverse:
+            return (x_b - shift) * torch.exp(-log_scale), log_scale
+        return x_b * torch.exp(log_scale) + shift, log_scale
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         net_in, x_b, m = self._split(x)
-        shift, log_scale = self._shift_and_log_scale(self._conditioner(net_in))
-        if log_scale is None:
-            z_b, logdet = x_b + shift, x.new_zeros(x.shape[0])
+        z_b, log_derivative = self._elementwise(x_b, self._conditioner(net_in), inverse=False)
+        if log_derivative is None:
+            logdet = x.new_zeros(x.shape[0])
         else:
-            z_b = x_b * torch.exp(log_scale) + shift
-            logdet = sum_except_batch(log_scale if m is None else log_scale * (1 - m))
+            logdet = sum_except_batch(log_derivative if m is None else log_derivative * (1 - m))
         return self._merge(net_in, z_b, x, m), logdet
 
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
         net_in, z_b, m = self._split(z)
-        shift, log_scale = self._shift_and_log_scale(self._conditioner(net_in))
-        x_b = z_b - shift
-        if log_scale is not None:
-            x_b = x_b * torch.exp(-log_scale)
+        x_b, _ = self._elementwise(z_b, self._conditioner(net_in), inverse=True)
         return self._merge(net_in, x_b, z, m)

@@ -136,12 +136,14 @@ def glow(
     seed: int = 0,
     memory_saving: bool = False,
     bf16_conditioner: bool = False,
+    spline_bins: int = 8,
 ) -> MultiscaleFlow:
     """Glow (Kingma & Dhariwal, 2018). CIFAR-10 paper setting: levels=3, depth=32, width=512.
 
     ``depth`` is K, the flow steps per level; ``mask="checkerboard"`` alternates the parity.
     ``bf16_conditioner`` runs the coupling networks under bfloat16 autocast (logdets, priors
-    and 1×1 convolutions stay in the model's dtype).
+    and 1×1 convolutions stay in the model's dtype). ``coupling="spline"`` gives a neural
+    spline flow (rational-quadratic couplings with ``spline_bins`` bins).
     """
     image_shape = _check_shape(image_shape, levels, squeezes=levels)
     _check_common(n_bits, depth, num_classes)
@@ -158,7 +160,7 @@ def glow(
             layers += [
                 ActNorm(c),
                 _permutation(permutation, c, seed + 1000 * level + k),
-                Coupling(c, make_net, mask, coupling, k, scale, bf16_conditioner),
+                Coupling(c, make_net, mask, coupling, k, scale, bf16_conditioner, spline_bins),
             ]
         transforms.append((layers, (c, h, w)))
         c //= 2
