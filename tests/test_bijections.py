@@ -17,6 +17,7 @@ from glowlab.bijections import (
     InvConv1x1,
     InvConv1x1LU,
     Logit,
+    Planar,
     ResNetConditioner,
     Sequential,
     Shift,
@@ -182,3 +183,19 @@ def test_cached_1x1_weight_follows_parameter_updates(name: str) -> None:
     fresh.load_state_dict(layer.state_dict())
     with torch.no_grad():
         assert torch.allclose(fresh(x)[0], z_after, atol=1e-12)
+
+
+def test_planar_flow_is_invertible_with_exact_logdet_even_when_pushed_to_the_limit() -> None:
+    torch.manual_seed(0)
+    layer = Planar(2).double()
+    with torch.no_grad():
+        layer.u.copy_(torch.tensor([-4.0, 3.0]))  # w·u < -1: the constraint must repair it
+        layer.w.copy_(torch.tensor([1.5, -0.5]))
+        layer.b.fill_(0.3)
+    assert layer.w @ layer._u_hat() > -1
+    x = torch.randn(6, 2, dtype=torch.float64)
+    z, logdet = layer(x)
+    assert torch.allclose(layer.inverse(z), x, atol=1e-10)
+    for i in range(len(x)):
+        jac = torch.autograd.functional.jacobian(lambda xi: layer(xi[None])[0][0], x[i])
+        assert torch.allclose(logdet[i], torch.linalg.slogdet(jac)[1], atol=1e-10)

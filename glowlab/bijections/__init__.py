@@ -6,6 +6,7 @@ from glowlab.bijections.conditioners import GlowConditioner, ResNetConditioner, 
 from glowlab.bijections.coupling import Coupling, checkerboard_mask
 from glowlab.bijections.elementwise import Dequantize, DiagonalScale, Logit, Shift
 from glowlab.bijections.permutations import ChannelPermutation, InvConv1x1, InvConv1x1LU
+from glowlab.bijections.planar import Planar
 from glowlab.bijections.squeeze import Squeeze
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "InvConv1x1",
     "InvConv1x1LU",
     "Logit",
+    "Planar",
     "ResNetConditioner",
     "Sequential",
     "Shift",
