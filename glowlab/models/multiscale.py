@@ -196,6 +196,12 @@ class MultiscaleFlow(nn.Module):
         """Integer images ``(B, C, H, W)`` (uint8) from per-level latents."""
         return self.dequantize.inverse(self.invert(zs, y))
 
+    def latent_noise(self, n: int, seed: int) -> list[Tensor]:
+        """Standard-normal noise for ``n`` samples, one ``(n, *latent_shapes[l])`` tensor per
+        level, drawn on the CPU from ``seed`` (the same on every device); for ``sample(eps=)``."""
+        gen = torch.Generator().manual_seed(seed)
+        return [torch.randn(n, *shape, generator=gen) for shape in self.latent_shapes]
+
     @torch.no_grad()
     def sample(
         self,

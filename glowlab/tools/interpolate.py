@@ -112,8 +112,7 @@ def _endpoints(cfg: DictConfig, model: MultiscaleFlow, run_config: dict) -> tupl
     if cfg.a is None and cfg.b is None:
         labels = sample_labels(model, 2, cfg.y)
         device = next(model.parameters()).device
-        gen = torch.Generator().manual_seed(cfg.seed)
-        eps = [torch.randn(2, *s, generator=gen).to(device) for s in model.latent_shapes]
+        eps = [e.to(device) for e in model.latent_noise(2, cfg.seed)]
         y = None if labels is None else labels.to(device)
         x = model.sample(2, cfg.temperature, y=y, eps=eps).cpu()
         return x, [None, None] if labels is None else labels.tolist()

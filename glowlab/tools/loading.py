@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from glowlab.cli import user_error
 from glowlab.data import ImageDataModule
 from glowlab.data.datamodule import BatchTransform
 from glowlab.models.multiscale import MultiscaleFlow
@@ -30,13 +31,14 @@ def resolve_device(device: str) -> torch.device:
 
 
 def _instantiate(config: dict[str, Any], **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate``, re-raising our own ValueError/FileNotFoundError unwrapped."""
+    """``hydra.utils.instantiate``, re-raising a bad-input error (``glowlab.cli.user_error``) unwrapped."""
     try:
         return instantiate(config, **kwargs)
     except InstantiationException as error:
-        if isinstance(error.__cause__, ValueError | FileNotFoundError):
-            raise error.__cause__ from None
-        raise
+        cause = user_error(error)
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def load_flow(

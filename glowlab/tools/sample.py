@@ -79,8 +79,7 @@ def sample_grids(
     labels = sample_labels(model, n, y)
     total = n if labels is None else len(labels)
     device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
-    eps = [torch.randn(total, *shape, generator=gen) for shape in model.latent_shapes]
+    eps = model.latent_noise(total, seed)
     grids = {}
     for t in temperatures:
         chunks = []

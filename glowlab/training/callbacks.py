@@ -43,10 +43,6 @@ class SampleGrid(L.Callback):
         self.seed = seed
         self.latest: dict[float, Path] = {}
 
-    def _noise(self, model: MultiscaleFlow, device: torch.device) -> list[torch.Tensor]:
-        gen = torch.Generator().manual_seed(self.seed)
-        return [torch.randn(self.n, *s, generator=gen).to(device) for s in model.latent_shapes]
-
     def _labels(self, model: MultiscaleFlow, device: torch.device) -> torch.Tensor | None:
         if not model.num_classes:
             return None
@@ -59,7 +55,8 @@ class SampleGrid(L.Callback):
         model: MultiscaleFlow = pl_module.model
         was_training = model.training
         model.eval()
-        eps, y = self._noise(model, pl_module.device), self._labels(model, pl_module.device)
+        eps = [e.to(pl_module.device) for e in model.latent_noise(self.n, self.seed)]
+        y = self._labels(model, pl_module.device)
         self.dirpath.mkdir(parents=True, exist_ok=True)
         for t in self.temperatures:
             grid = image_grid(model.sample(self.n, t, y=y, eps=eps).cpu(), model.n_bits)
