@@ -31,7 +31,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def _instantiate(config: dict[str, Any], **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate``, re-raising a bad-input error (``glowlab.cli.user_error``) unwrapped."""
+    """``hydra.utils.instantiate``; a bad-input error (``cli.user_error``) is raised unwrapped."""
     try:
         return instantiate(config, **kwargs)
     except InstantiationException as error:
