@@ -3,17 +3,22 @@
     python scripts/benchmark.py                                  # the CPU default model
     python scripts/benchmark.py --preset glow_cifar10 --device cuda --batch-size 64
     python scripts/benchmark.py --preset fmnist_small --depths 4 8 16    # step time vs K
+    torchrun --nproc_per_node 8 scripts/benchmark.py --preset glow_cifar10 --device cuda  # DDP
 
 Training throughput: images/s of a full step (forward, bpd, backward, optimizer step), the
 median of ``--steps`` timed steps after ``--warmup``. Sampling: images/s at T=1 in eval mode.
 Peak memory: CUDA ``max_memory_allocated`` or the process's max RSS on the CPU; saved
 activations: the bytes autograd keeps for backward in one step (device-independent).
+Under ``torchrun`` each process trains a DDP replica on its own batch (gloo on the CPU, NCCL
+on GPUs; rank r uses cuda:r) and rank 0 prints per-process and total throughput, so scaling
+efficiency = per-process images/s with N processes ÷ images/s of a single process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -21,8 +26,12 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 import glowlab
+from glowlab.compilation import COMPILE_MODES, compile_levels
 from glowlab.profiling import saved_activation_bytes
 
 PRESETS: dict[str, tuple[str, tuple[int, int, int], dict]] = {
@@ -68,6 +77,45 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+class _MeanBpd(nn.Module):
+    """The training loss as a module, so DDP can wrap it: integer images -> mean bpd."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.bits_per_dim(x).mean()
+
+
+def _init_distributed(device: torch.device) -> torch.device:
+    """Join the torchrun process group if launched by torchrun; return this rank's device."""
+    if "WORLD_SIZE" not in os.environ:
+        return device
+    rank = int(os.environ["LOCAL_RANK"])
+    if device.type == "cuda":
+        device = torch.device("cuda", rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def _gather_throughput(result: dict) -> dict | None:
+    """Under DDP: rank 0's result with every rank's images/s added; None on other ranks."""
+    if not dist.is_initialized():
+        return result
+    rates = [None] * dist.get_world_size()
+    dist.all_gather_object(rates, result["train_images_per_s"])
+    if dist.get_rank():
+        return None
+    return {
+        **result,
+        "world_size": len(rates),
+        "train_images_per_s_per_process": rates,
+        "train_images_per_s_total": round(sum(rates), 1),
+    }
+
+
 def benchmark(
     preset: str,
     overrides: dict,
@@ -76,6 +124,7 @@ def benchmark(
     warmup: int,
     steps: int,
     channels_last: bool = False,
+    compile_mode: str | None = None,
 ) -> dict:
     builder, shape, kwargs = PRESETS[preset]
     kwargs = {**kwargs, **overrides}
@@ -83,20 +132,31 @@ def benchmark(
     model = getattr(glowlab, builder)(shape, **kwargs).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if compile_mode is not None:
+        compile_levels(model, compile_mode)
     x = torch.randint(0, 256, (batch_size, *shape), dtype=torch.uint8, device=device)
     model.train()
     with torch.no_grad():
         model(x)  # ActNorm init
+    loss_fn: nn.Module = _MeanBpd(model)
+    if dist.is_initialized():
+        device_ids = [device] if device.type == "cuda" else None
+        loss_fn = DistributedDataParallel(loss_fn, device_ids=device_ids)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     def train_step() -> None:
-        loss = model.bits_per_dim(x).mean()
+        loss = loss_fn(x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
+    _sync(device)
+    start = time.perf_counter()
+    train_step()  # includes torch.compile's compilation when --compile is on
+    _sync(device)
+    first_step_s = time.perf_counter() - start
     train_s = _median_seconds(train_step, device, warmup, steps)
     peak = _peak_memory_mb(device)
     activations = saved_activation_bytes(lambda: model.bits_per_dim(x).mean()) / 2**20
@@ -109,6 +169,8 @@ def benchmark(
             "image_shape": list(shape),
             **kwargs,
             "batch_size": batch_size,
+            "channels_last": channels_last,
+            "compile": compile_mode,
         },
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device)
@@ -118,6 +180,7 @@ def benchmark(
         "torch": torch.__version__,
         "train_images_per_s": round(batch_size / train_s, 1),
         "train_step_ms": round(1000 * train_s, 1),
+        "first_step_s": round(first_step_s, 2),
         "sample_images_per_s": round(batch_size / sample_s, 1),
         "peak_memory_mb": round(peak, 1),
         "saved_activations_mb": round(activations, 1),
@@ -135,15 +198,19 @@ def main() -> None:
     parser.add_argument("--depths", type=int, nargs="*", help="repeat for each depth K")
     parser.add_argument("--coupling", choices=["affine", "additive"])
     parser.add_argument("--permutation", choices=["lu", "conv1x1", "reverse", "shuffle"])
-    parser.add_argument("--memory-saving", action="store_true", help="recompute activations")
+    parser.add_argument(
+        "--memory-saving", choices=["reversible", "checkpoint"], help="recompute activations"
+    )
+    parser.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile the flow steps")
     parser.add_argument("--bf16-conditioner", action="store_true", help="bf16 coupling nets")
     parser.add_argument("--channels-last", action="store_true", help="NHWC conv weights")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    overrides = {k: getattr(args, k) for k in ("coupling", "permutation") if getattr(args, k)}
-    for switch in ("memory_saving", "bf16_conditioner"):
-        if getattr(args, switch):
-            overrides[switch] = True
+    device = _init_distributed(torch.device(args.device))
+    overrides = {
+        k: getattr(args, k)
+        for k in ("coupling", "permutation", "memory_saving", "bf16_conditioner")
+        if getattr(args, k)
+    }
     for depth in args.depths or [None]:
         extra = overrides if depth is None else {**overrides, "depth": depth}
         result = benchmark(
@@ -154,8 +221,13 @@ def main() -> None:
             args.warmup,
             args.steps,
             args.channels_last,
+            args.compile,
         )
-        print(json.dumps(result), flush=True)
+        result = _gather_throughput(result)
+        if result is not None:
+            print(json.dumps(result), flush=True)
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

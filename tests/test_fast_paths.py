@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from glowlab.bijections import Sequential, Shift, Squeeze
+from glowlab.compilation import compile_levels
 from glowlab.models import glow, nice, realnvp
 from glowlab.profiling import saved_activation_bytes
 from tests.conftest import perturb_parameters
@@ -16,7 +18,7 @@ BUILDERS = {
 }
 
 
-def _pair(name: str):
+def _pair(name: str, memory_saving: str = "reversible"):
     """The same float64 model twice, ordinary and memory-saving, ActNorm initialised."""
     torch.manual_seed(0)
     plain = BUILDERS[name]().double().train()
@@ -24,14 +26,15 @@ def _pair(name: str):
     with torch.no_grad():
         plain(x)
     perturb_parameters(plain, 0.05)
-    saving = BUILDERS[name](memory_saving=True).double().train()
+    saving = BUILDERS[name](memory_saving=memory_saving).double().train()
     saving.load_state_dict(plain.state_dict())
     return plain, saving, x
 
 
+@pytest.mark.parametrize("mode", ["reversible", "checkpoint"])
 @pytest.mark.parametrize("name", sorted(BUILDERS))
-def test_memory_saving_gradients_equal_ordinary_backprop(name: str) -> None:
-    plain, saving, x = _pair(name)
+def test_memory_saving_gradients_equal_ordinary_backprop(name: str, mode: str) -> None:
+    plain, saving, x = _pair(name, mode)
     noise = torch.rand(x.shape, dtype=torch.float64)
     losses = []
     for model in (plain, saving):
@@ -48,16 +51,27 @@ def test_memory_saving_gradients_equal_ordinary_backprop(name: str) -> None:
 def test_memory_saving_keeps_activation_memory_flat_in_depth() -> None:
     x = torch.randint(0, 256, (16, 1, 16, 16))
 
-    def saved(depth: int, memory_saving: bool) -> int:
+    def saved(depth: int, memory_saving: str) -> int:
         torch.manual_seed(0)
         model = glow((1, 16, 16), levels=2, depth=depth, width=32, memory_saving=memory_saving)
         return saved_activation_bytes(lambda: model.bits_per_dim(x).mean())
 
-    plain_growth = saved(8, False) - saved(2, False)
-    saving_growth = saved(8, True) - saved(2, True)
+    plain_growth = saved(8, "none") - saved(2, "none")
     assert plain_growth > 0
-    assert saving_growth < 0.05 * plain_growth  # only parameters grow with depth
-    assert saved(8, True) < 0.2 * saved(8, False)
+    for mode in ("reversible", "checkpoint"):  # checkpoint keeps each level's input only
+        assert saved(8, mode) - saved(2, mode) < 0.05 * plain_growth, mode
+        assert saved(8, mode) < 0.2 * saved(8, "none"), mode
+
+
+def test_reversible_mode_refuses_layers_without_an_exact_inverse() -> None:
+    class Numerical(Shift):
+        exact_inverse = False
+
+    with pytest.raises(ValueError, match=r"\['Numerical'\] invert numerically.*'checkpoint'"):
+        Sequential([Squeeze(), Numerical()], memory_saving="reversible")
+    assert not Sequential([Numerical()], memory_saving="checkpoint").exact_inverse
+    with pytest.raises(ValueError, match="memory_saving=True is not supported"):
+        Sequential([Squeeze()], memory_saving=True)
 
 
 def test_bf16_conditioners_match_fp32_bpd_and_stay_invertible() -> None:
@@ -88,3 +102,29 @@ def test_channels_last_gives_the_same_bpd_and_round_trip() -> None:
     with torch.no_grad():
         assert torch.allclose(plain.log_prob(x, noise=0.5), nhwc.log_prob(x, noise=0.5))
         assert torch.equal(nhwc.decode(nhwc.encode(x)), x.to(torch.uint8))
+
+
+def test_compiled_levels_give_the_same_bpd_and_gradients() -> None:
+    """Dynamo + AOT autograd trace the flow steps (``aot_eager``: no C++ build in the test)."""
+    plain, _, x = _pair("glow")
+    compiled = BUILDERS["glow"]().double().train()
+    compiled.load_state_dict(plain.state_dict())
+    assert compile_levels(compiled, backend="aot_eager")
+    noise = torch.rand(x.shape, dtype=torch.float64)
+    for model in (plain, compiled):
+        model.bits_per_dim(x, noise=noise).mean().backward()
+    assert torch.allclose(
+        plain.bits_per_dim(x, noise=noise), compiled.bits_per_dim(x, noise=noise)
+    )
+    for p, q in zip(plain.parameters(), compiled.parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, atol=1e-10)
+    assert list(compiled.state_dict()) == list(plain.state_dict())  # checkpoints unchanged
+
+
+def test_compile_falls_back_to_eager_where_unsupported(monkeypatch) -> None:
+    monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
+    model = BUILDERS["nice"]()
+    with pytest.warns(UserWarning, match="running eagerly"):
+        assert not compile_levels(model)
+    with pytest.raises(ValueError, match="compile mode='fast'"):
+        compile_levels(model, mode="fast")

@@ -10,8 +10,12 @@ from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from glowlab.bijections.reversible import reversible_forward
+from glowlab.validation import choose
+
+MEMORY_SAVING = ("none", "reversible", "checkpoint")
 
 
 class Bijection(nn.Module):
@@ -20,7 +24,13 @@ class Bijection(nn.Module):
     Subclasses implement ``forward(x, cond=None) -> (z, logdet)`` with ``logdet`` of
     shape ``(B,)`` and ``inverse(z, cond=None) -> x``. ``cond`` is an optional context
     tensor (e.g. class labels) passed through unchanged.
+
+    ``exact_inverse`` is False for layers whose inverse is numerical (fixed-point iteration,
+    an ODE solve) or whose logdet is a random estimate: reversible backprop, which rebuilds
+    inputs with ``inverse`` and re-runs ``forward``, refuses them.
     """
+
+    exact_inverse = True
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -32,18 +42,36 @@ class Bijection(nn.Module):
 class Sequential(Bijection):
     """Composition ``f_n ∘ ... ∘ f_1``; the logdets add up.
 
-    With ``memory_saving=True`` a training forward keeps no activations: the backward pass
-    recomputes each layer's input from its output (see ``glowlab.bijections.reversible``).
+    ``memory_saving`` decides what a training forward keeps for backward:
+
+    - ``"none"``: every activation (ordinary autograd);
+    - ``"reversible"``: nothing but the output; the backward pass recomputes each layer's
+      input from its output with ``inverse`` (``glowlab.bijections.reversible``) — memory
+      flat in depth, for exactly invertible layers only;
+    - ``"checkpoint"``: only the input; the backward pass re-runs the whole chain forward
+      (``torch.utils.checkpoint``) — memory of one chain's activations at a time, any layer.
     """
 
-    def __init__(self, layers: Iterable[Bijection], memory_saving: bool = False) -> None:
+    def __init__(self, layers: Iterable[Bijection], memory_saving: str = "none") -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
-        self.memory_saving = memory_saving
+        self.memory_saving = choose("memory_saving", memory_saving, MEMORY_SAVING)
+        self.exact_inverse = all(layer.exact_inverse for layer in self.layers)
+        inexact = [type(m).__name__ for m in self.layers if not m.exact_inverse]
+        if memory_saving == "reversible" and inexact:
+            raise ValueError(
+                f"memory_saving='reversible' needs exactly invertible layers, but "
+                f"{sorted(set(inexact))} invert numerically; use memory_saving='checkpoint'"
+            )
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if self.memory_saving and torch.is_grad_enabled() and self._needs_grad(x):
-            return reversible_forward(list(self.layers), x, cond)
+        if self.memory_saving != "none" and torch.is_grad_enabled() and self._needs_grad(x):
+            if self.memory_saving == "reversible":
+                return reversible_forward(list(self.layers), x, cond)
+            return checkpoint(self._chain, x, cond, use_reentrant=False)
+        return self._chain(x, cond)
+
+    def _chain(self, x: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
         logdet = x.new_zeros(x.shape[0])
         for layer in self.layers:
             x, step_logdet = layer(x, cond)

@@ -6,8 +6,9 @@
 - ``nice``: per level Squeeze → K additive couplings → diagonal scaling → factor-out.
 
 Every option is checked at build time; a bad one raises ``ValueError`` naming it.
-``memory_saving=True`` recomputes each level's activations from its output in the backward
-pass (same gradients, activation memory independent of the depth).
+``memory_saving="reversible"`` recomputes each level's activations from its output in the
+backward pass (same gradients, activation memory independent of the depth);
+``"checkpoint"`` re-runs each level's forward in the backward pass (any layer).
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def _levels_to_model(
     preprocess: Bijection,
     n_bits: int,
     num_classes: int | None,
-    memory_saving: bool,
+    memory_saving: str,
 ) -> MultiscaleFlow:
     last = len(transforms) - 1
     levels = [
@@ -134,7 +135,7 @@ def glow(
     num_classes: int | None = None,
     logit_alpha: float = 0.05,
     seed: int = 0,
-    memory_saving: bool = False,
+    memory_saving: str = "none",
     bf16_conditioner: bool = False,
     spline_bins: int = 8,
 ) -> MultiscaleFlow:
@@ -190,7 +191,7 @@ def realnvp(
     actnorm: bool = True,
     num_classes: int | None = None,
     logit_alpha: float = 0.05,
-    memory_saving: bool = False,
+    memory_saving: str = "none",
 ) -> MultiscaleFlow:
     """Real NVP (Dinh et al., 2017). CIFAR-10 paper setting: 2 scales, 8 residual blocks, 64
     features. ``depth`` couplings per mask type (3 in the paper; the last level has depth+1
@@ -243,7 +244,7 @@ def nice(
     blocks: int = 2,
     num_classes: int | None = None,
     logit_alpha: float = 0.05,
-    memory_saving: bool = False,
+    memory_saving: str = "none",
 ) -> MultiscaleFlow:
     """NICE (Dinh et al., 2015) on images: additive couplings with alternating masks (the
     channel mask alternates halves), then a learned diagonal scaling of every dimension.
