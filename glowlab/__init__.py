@@ -1,6 +1,6 @@
 """glowlab: exact, fast multiscale normalizing flows for images."""
 
-from glowlab.models import MultiscaleFlow, glow, nice, realnvp
+from glowlab.models import MultiscaleFlow, ffjord, glow, maf, nice, realnvp, resflow
 
 __version__ = "0.1.0"
-__all__ = ["MultiscaleFlow", "__version__", "glow", "nice", "realnvp"]
+__all__ = ["MultiscaleFlow", "__version__", "ffjord", "glow", "maf", "nice", "realnvp", "resflow"]

@@ -1,6 +1,7 @@
-"""Diagonal Gaussian priors over latents: fixed, learned, class-conditional, factor-out.
+"""Priors over latents: diagonal Gaussians (fixed, learned, class-conditional, factor-out)
+and a planar-flow top prior.
 
-Every prior gives ``(mean, log_scale)`` broadcastable to the latent ``(B, C, H, W)``;
+Every Gaussian prior gives ``(mean, log_scale)`` broadcastable to the latent ``(B, C, H, W)``;
 ``log_prob`` sums ``log N(z; mean, exp(log_scale)²)`` to ``(B,)`` and ``sample`` draws
 ``mean + temperature · exp(log_scale) · ε`` (temperature 0 gives the mode).
 """
@@ -12,8 +13,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from glowlab.bijections.base import sum_except_batch
+from glowlab.bijections.base import Sequential, sum_except_batch
 from glowlab.bijections.conditioners import ZeroConv2d
+from glowlab.bijections.planar import Planar
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -110,6 +112,45 @@ class FactorOutPrior(GaussianPrior):
     def params(self, shape, context, y):
         mean, log_scale = self.net(context).chunk(2, dim=1)
         return mean, log_scale
+
+
+class PlanarPrior(nn.Module):
+    """A flexible top prior: ``N(0, I)`` pushed through ``layers`` planar flows on the
+    flattened latent ``(B, D)`` (Rezende & Mohamed, 2015).
+
+    ``log p(z) = log N(f(z); 0, I) + log|det ∂f/∂z|`` with ``f`` the planar chain (latent →
+    base); ``sample`` returns ``f⁻¹(temperature · ε)`` (each planar inverse by bisection), so
+    temperature 0 gives ``f⁻¹(0)``. Not class-conditional.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], layers: int = 4) -> None:
+        super().__init__()
+        if layers < 1:
+            raise ValueError(f"planar_layers={layers!r} must be >= 1 (planar flows in the prior)")
+        self.shape = tuple(shape)
+        self.flow = Sequential([Planar(math.prod(shape)) for _ in range(layers)])
+
+    def log_prob(
+        self, z: Tensor, context: Tensor | None = None, y: Tensor | None = None
+    ) -> Tensor:
+        base, logdet = self.flow(z.reshape(z.shape[0], -1))
+        return gaussian_log_prob(base, base.new_zeros(()), base.new_zeros(())) + logdet
+
+    def sample(
+        self,
+        n: int,
+        shape: tuple[int, ...],
+        context: Tensor | None = None,
+        y: Tensor | None = None,
+        temperature: float = 1.0,
+        eps: Tensor | None = None,
+    ) -> Tensor:
+        """Draw ``(n, *shape)`` latents (``eps``: given standard-normal noise of that shape)."""
+        weight = self.flow.layers[0].w
+        if eps is None:
+            eps = torch.randn(n, *shape, device=weight.device, dtype=weight.dtype)
+        base = temperature * eps.to(weight).reshape(n, -1)
+        return self.flow.inverse(base).reshape(n, *shape)
 
 
 def check_labels(y: Tensor | None, num_classes: int) -> None:

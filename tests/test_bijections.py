@@ -23,11 +23,13 @@ from glowlab.bijections import (
     Shift,
     Squeeze,
 )
+from glowlab.bijections.conditioners import FlowPPConditioner
 from tests.conftest import perturb_parameters
 
 C, H, W = 4, 4, 4
 glow_net = functools.partial(GlowConditioner, hidden=8)
 resnet_net = functools.partial(ResNetConditioner, hidden=8, blocks=2)
+flowpp_net = functools.partial(FlowPPConditioner, hidden=8, blocks=1, heads=2)
 
 LAYERS = {
     "squeeze": lambda: Squeeze(),
@@ -48,6 +50,13 @@ LAYERS = {
     "spline_channel": lambda: Coupling(C, glow_net, "channel", "spline", spline_bins=4),
     "spline_checkerboard": lambda: Coupling(
         C, resnet_net, "checkerboard", "spline", parity=1, spline_bins=5, tail_bound=1.5
+    ),
+    "mixture_channel": lambda: Coupling(C, glow_net, "channel", "mixture", mixture_components=3),
+    "mixture_checkerboard_flowpp": lambda: Coupling(
+        C, flowpp_net, "checkerboard", "mixture", parity=1, mixture_components=2
+    ),
+    "mixture_channel_flowpp_no_attention": lambda: Coupling(
+        C, functools.partial(flowpp_net, attention=False), "channel", "mixture"
     ),
     "shift": lambda: Shift(),
     "logit": lambda: Logit(0.05),
@@ -160,8 +169,8 @@ def test_channel_mask_needs_even_channels() -> None:
 def test_unknown_options_name_the_allowed_values() -> None:
     with pytest.raises(ValueError, match=r"mask='diagonal'.*\['channel', 'checkerboard'\]"):
         Coupling(4, glow_net, mask="diagonal")
-    with pytest.raises(ValueError, match="coupling='mixture'"):
-        Coupling(4, glow_net, transform="mixture")
+    with pytest.raises(ValueError, match="coupling='quadratic'"):
+        Coupling(4, glow_net, transform="quadratic")
     with pytest.raises(ValueError, match="spline_bins=1 must be >= 2"):
         Coupling(4, glow_net, transform="spline", spline_bins=1)
     with pytest.raises(ValueError, match="n_bits"):

@@ -43,7 +43,8 @@ def test_group_option_composes_and_instantiates(tmp_path: Path, group: str, opti
         datamodule = instantiate(cfg.data)
         assert len(datamodule.image_shape) == 3
     elif group == "model":
-        shape = (3, 32, 32) if option in ("glow", "realnvp") else (1, 28, 28)
+        paper_sized = option in ("glow", "realnvp") or option.endswith("_paper")
+        shape = (3, 32, 32) if paper_sized else (1, 28, 28)
         assert isinstance(instantiate(cfg.model, image_shape=shape, depth=1), MultiscaleFlow)
     elif group in ("optimizer", "scheduler"):
         params = [torch.nn.Parameter(torch.zeros(2))]

@@ -130,7 +130,7 @@ def test_bad_input_is_one_clear_line_not_a_trace(tmp_path: Path) -> None:
             ValueError,
             "12×12 is not divisible by 2\\*\\*3",
         ),
-        (["model.coupling=mixture"], ValueError, "coupling='mixture'"),
+        (["model.coupling=quadratic"], ValueError, "coupling='quadratic'"),
         (["ckpt_path=/nonexistent/last.ckpt"], FileNotFoundError, "does not exist"),
     ],
 )
@@ -158,8 +158,8 @@ def test_foreign_checkpoint_is_rejected(tmp_path: Path) -> None:
 
 
 def test_unknown_config_group_option_lists_choices(tmp_path: Path) -> None:
-    with pytest.raises(Exception, match="(?s)Could not find 'model/flowpp'.*glow_small"):
-        compose_run(tmp_path, ["model=flowpp"])
+    with pytest.raises(Exception, match="(?s)Could not find 'model/waveglow'.*glow_small"):
+        compose_run(tmp_path, ["model=waveglow"])
 
 
 class _PoisonAtStep(L.Callback):

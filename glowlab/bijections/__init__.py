@@ -1,27 +1,39 @@
 """Bijections: ``forward(x) -> (z, logdet)`` data → latent, ``inverse(z) -> x``."""
 
 from glowlab.bijections.actnorm import ActNorm
+from glowlab.bijections.autoregressive import MaskedAutoregressive
 from glowlab.bijections.base import Bijection, Sequential
-from glowlab.bijections.conditioners import GlowConditioner, ResNetConditioner, ZeroConv2d
+from glowlab.bijections.cnf import CNF
+from glowlab.bijections.conditioners import (
+    FlowPPConditioner,
+    GlowConditioner,
+    ResNetConditioner,
+    ZeroConv2d,
+)
 from glowlab.bijections.coupling import Coupling, checkerboard_mask
 from glowlab.bijections.elementwise import Dequantize, DiagonalScale, Logit, Shift
 from glowlab.bijections.permutations import ChannelPermutation, InvConv1x1, InvConv1x1LU
 from glowlab.bijections.planar import Planar
+from glowlab.bijections.residual import ResidualBlock
 from glowlab.bijections.squeeze import Squeeze
 
 __all__ = [
+    "CNF",
     "ActNorm",
     "Bijection",
     "ChannelPermutation",
     "Coupling",
     "Dequantize",
     "DiagonalScale",
+    "FlowPPConditioner",
     "GlowConditioner",
     "InvConv1x1",
     "InvConv1x1LU",
     "Logit",
+    "MaskedAutoregressive",
     "Planar",
     "ResNetConditioner",
+    "ResidualBlock",
     "Sequential",
     "Shift",
     "Squeeze",

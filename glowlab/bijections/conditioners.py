@@ -8,6 +8,7 @@ Use them through a ``Conditioner`` factory, e.g.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
@@ -84,6 +85,116 @@ class ResNetConditioner(nn.Module):
             nn.ReLU(),
             ZeroConv2d(hidden, out_channels),
         )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def concat_elu(x: Tensor) -> Tensor:
+    """``ELU([x, −x])`` along channels: ``(B, C, H, W) -> (B, 2C, H, W)`` (PixelCNN++)."""
+    return F.elu(torch.cat([x, -x], dim=1))
+
+
+class _ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channels of each pixel: ``(B, C, H, W) -> (B, C, H, W)``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class _Gate(nn.Module):
+    """Gated linear unit ``a · σ(g)`` with ``[a, g] = conv1×1(x)``: ``C_in -> C_out`` channels."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 2 * out_channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.glu(self.conv(x), dim=1)
+
+
+class _GatedConvBlock(nn.Module):
+    """``x + Gate(Dropout(concat_elu(conv3×3(concat_elu(x)))))`` on ``(B, C, H, W)``."""
+
+    def __init__(self, channels: int, dropout: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2 * channels, channels, 3, padding=1)
+        self.dropout = nn.Dropout(dropout)
+        self.gate = _Gate(2 * channels, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = concat_elu(self.conv(concat_elu(x)))  # (B, 2C, H, W)
+        return x + self.gate(self.dropout(h))
+
+
+class _GatedAttentionBlock(nn.Module):
+    """``x + Gate(Dropout(MultiHeadSelfAttention(x)))`` over the ``H·W`` positions.
+
+    Queries, keys and values come from one conv1×1 (``C -> 3C``), split into ``heads`` heads
+    of ``C / heads`` channels: ``(B, C, H, W) -> (B, heads, H·W, C / heads)`` each.
+    """
+
+    def __init__(self, channels: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.dropout = nn.Dropout(dropout)
+        self.gate = _Gate(channels, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        qkv = self.qkv(x).reshape(b, 3, self.heads, c // self.heads, h * w)
+        q, k, v = qkv.transpose(-1, -2).unbind(dim=1)  # (B, heads, H·W, C / heads) each
+        attended = F.scaled_dot_product_attention(q, k, v)  # (B, heads, H·W, C / heads)
+        attended = attended.transpose(-1, -2).reshape(b, c, h, w)
+        return x + self.gate(self.dropout(attended))
+
+
+class FlowPPConditioner(nn.Module):
+    """Flow++'s conditioner: gated residual convolutions and gated multi-head self-attention.
+
+    ``conv3×3 (C_in -> hidden)`` → ``blocks`` × [gated conv block → LayerNorm → (if
+    ``attention``) gated self-attention block → LayerNorm] → zero-initialised conv3×3
+    ``(hidden -> C_out)``. Gated conv block: ``x + Gate(concat_elu(conv3×3(concat_elu(x))))``;
+    attention block: ``x + Gate(MHSA(x))`` over all ``H·W`` positions, so every output pixel
+    can depend on every input pixel; ``Gate`` is a conv1×1 followed by a GLU; LayerNorm
+    normalises the channels of each pixel. ``dropout`` acts before each gate.
+
+    Shapes: ``(B, C_in, H, W) -> (B, C_out, H, W)``; the output is zero at initialisation.
+    References: Ho, Chen, Srinivas, Duan & Abbeel, "Flow++", 2019 (section 3.3).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: int = 96,
+        blocks: int = 4,
+        heads: int = 4,
+        attention: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if hidden < 1 or blocks < 1:
+            raise ValueError(f"hidden={hidden!r} and blocks={blocks!r} must both be >= 1")
+        if attention and (heads < 1 or hidden % heads):
+            raise ValueError(
+                f"heads={heads!r} must be >= 1 and divide hidden={hidden!r}; "
+                "pick hidden as a multiple of heads"
+            )
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout={dropout!r} must be in [0, 1)")
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, hidden, 3, padding=1)]
+        for _ in range(blocks):
+            layers += [_GatedConvBlock(hidden, dropout), _ChannelLayerNorm(hidden)]
+            if attention:
+                layers += [_GatedAttentionBlock(hidden, heads, dropout), _ChannelLayerNorm(hidden)]
+        layers.append(ZeroConv2d(hidden, out_channels))
+        self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

@@ -2,8 +2,9 @@
 
 A coupling splits ``x`` into a part ``x_a`` that passes unchanged and a part ``x_b`` that is
 transformed elementwise with parameters computed from ``x_a`` by a conditioner network:
-``z_b = x_b · s(x_a) + t(x_a)`` (affine), ``z_b = x_b + t(x_a)`` (additive) or a monotonic
-rational-quadratic spline with linear tails (spline, Durkan et al. 2019).
+``z_b = x_b · s(x_a) + t(x_a)`` (affine), ``z_b = x_b + t(x_a)`` (additive), a monotonic
+rational-quadratic spline with linear tails (spline, Durkan et al. 2019) or Flow++'s
+logistic-mixture CDF (mixture, Ho et al. 2019).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glowlab.bijections.base import Bijection, sum_except_batch
+from glowlab.bijections.logistic_mixture import logistic_mixture_transform
 from glowlab.bijections.splines import rational_quadratic_spline
 from glowlab.validation import choose
 
@@ -22,7 +24,7 @@ Conditioner = Callable[[int, int], nn.Module]
 """Factory ``(in_channels, out_channels) -> net``, net: ``(B, in, H, W) -> (B, out, H, W)``."""
 
 MASKS = ("channel", "checkerboard")
-TRANSFORMS = ("affine", "additive", "spline")
+TRANSFORMS = ("affine", "additive", "spline", "mixture")
 SCALES = ("sigmoid", "exp_tanh")
 
 
@@ -34,7 +36,7 @@ def checkerboard_mask(height: int, width: int, parity: int, like: Tensor) -> Ten
 
 
 class Coupling(Bijection):
-    """Affine or additive coupling with a channel or checkerboard mask.
+    """Affine, additive, spline or logistic-mixture coupling with a channel or checkerboard mask.
 
     - ``mask="channel"``: ``x_a`` is one half of the channels (``parity`` picks which);
       the conditioner maps ``C_a -> n·C_b`` channels.
@@ -48,12 +50,18 @@ class Coupling(Bijection):
     Spline: ``spline_bins`` bins on ``[-tail_bound, tail_bound]``, identity outside; the
     conditioner emits ``3·bins - 1`` values per transformed element.
 
+    Mixture: ``z = σ⁻¹(Σ_k π_k σ((x − μ_k) / s_k)) · exp(a) + b`` with ``mixture_components``
+    components (``glowlab.bijections.logistic_mixture``); the conditioner emits
+    ``3·components + 2`` values per transformed element. Its inverse is a bisection, so
+    ``exact_inverse`` is False and no gradient flows through ``inverse``.
+
     ``bf16_conditioner=True`` runs only the conditioner network under bfloat16 autocast; its
     output is cast back, so scales, shifts and the logdet are computed in the input's dtype.
     Forward and inverse evaluate the conditioner on the same ``x_a``, so the layer stays
     exactly invertible.
 
-    References: Dinh et al., NICE (2015) and Real NVP (2017); Kingma & Dhariwal, Glow (2018).
+    References: Dinh et al., NICE (2015) and Real NVP (2017); Kingma & Dhariwal, Glow (2018);
+    Durkan et al., Neural spline flows (2019); Ho et al., Flow++ (2019).
     """
 
     def __init__(
@@ -67,6 +75,7 @@ class Coupling(Bijection):
         bf16_conditioner: bool = False,
         spline_bins: int = 8,
         tail_bound: float = 3.0,
+        mixture_components: int = 4,
     ) -> None:
         super().__init__()
         self.mask = choose("mask", mask, MASKS)
@@ -81,8 +90,16 @@ class Coupling(Bijection):
             )
         if transform == "spline" and spline_bins < 2:
             raise ValueError(f"spline_bins={spline_bins!r} must be >= 2")
+        if transform == "mixture" and mixture_components < 1:
+            raise ValueError(f"mixture_components={mixture_components!r} must be >= 1")
         self.tail_bound = tail_bound
-        n_params = {"affine": 2, "additive": 1, "spline": 3 * spline_bins - 1}[transform]
+        self.exact_inverse = transform != "mixture"
+        n_params = {
+            "affine": 2,
+            "additive": 1,
+            "spline": 3 * spline_bins - 1,
+            "mixture": 3 * mixture_components + 2,
+        }[transform]
         if mask == "channel":
             in_channels, out_channels = channels // 2, n_params * (channels // 2)
         else:
@@ -118,9 +135,11 @@ class Coupling(Bijection):
         elementwise ``log|dz/dx|`` (None for additive couplings)."""
         if self.transform == "additive":
             return (x_b - h if inverse else x_b + h), None
-        if self.transform == "spline":
+        if self.transform in ("spline", "mixture"):
             b, c, height, width = x_b.shape
             params = h.reshape(b, c, -1, height, width).permute(0, 1, 3, 4, 2)  # (B,C,H,W,P)
+            if self.transform == "mixture":
+                return logistic_mixture_transform(x_b, params, inverse)
             return rational_quadratic_spline(x_b, params, self.tail_bound, inverse)
         shift, raw = h.chunk(2, dim=1)
         if self.scale == "sigmoid":

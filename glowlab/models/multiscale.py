@@ -1,6 +1,7 @@
 """The multiscale flow: dequantise → preprocess → levels (transform → factor-out) → top prior.
 
-``log p(x) = Σ_l log p(z_l) + Σ logdet`` in nats for integer images ``x``; bits per dim
+``log p(x) = Σ_l log p(z_l) + Σ logdet - log q(u | x)`` in nats for integer images ``x``
+(one dequantisation draw ``u``; ``log q = 0`` for uniform dequantisation); bits per dim
 ``= -log p(x) / (D ln 2)`` with ``D = C·H·W`` real pixels, the definition of the RealNVP,
 Glow and Flow++ papers (the ``-D·n_bits·ln 2`` of the rescaling is in the logdet).
 """
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 
 from glowlab.bijections.base import Bijection
 from glowlab.bijections.elementwise import Dequantize
+from glowlab.dequantization import VariationalDequantizer
 from glowlab.priors import GaussianPrior, check_labels
 
 
@@ -52,12 +54,17 @@ class Level(nn.Module):
 
 @dataclass
 class FlowOutput:
-    """Result of a forward pass. ``log_prob = log_prior + logdet`` (all ``(B,)``, nats)."""
+    """Result of a forward pass. ``log_prob = log_prior + logdet - log_q`` (all ``(B,)``, nats).
+
+    ``log_q`` is ``log q(u | x)`` of the dequantisation draw: zero for uniform dequantisation
+    (and for ``MultiscaleFlow.flow``, which starts after the dequantisation).
+    """
 
     log_prob: Tensor
     log_prior: Tensor
     logdet: Tensor
     latents: list[Tensor]
+    log_q: Tensor
 
 
 class MultiscaleFlow(nn.Module):
@@ -69,8 +76,13 @@ class MultiscaleFlow(nn.Module):
         levels: the scales, from the finest to the coarsest.
         n_bits: bits per pixel of the data (8, or 5 for Glow's CelebA-HQ).
         num_classes: set for a class-conditional model; ``y`` is then required.
+        dequantizer: a learned ``q(u | x)`` (Flow++); ``None`` dequantises uniformly. With it,
+            ``log_prob`` and ``bits_per_dim`` are the variational bound of one draw ``u ~ q``,
+            ``log p((x + u) / 2^n_bits) - D·n_bits·ln 2 - log q(u | x)``, and ``noise`` fixes
+            that draw through ``ε = Φ⁻¹(noise)`` (see ``glowlab.dequantization``).
 
-    References: Dinh et al., "Real NVP", 2017; Kingma & Dhariwal, "Glow", 2018.
+    References: Dinh et al., "Real NVP", 2017; Kingma & Dhariwal, "Glow", 2018; Ho et al.,
+    "Flow++", 2019.
     """
 
     def __init__(
@@ -80,10 +92,18 @@ class MultiscaleFlow(nn.Module):
         levels: list[Level],
         n_bits: int = 8,
         num_classes: int | None = None,
+        dequantizer: VariationalDequantizer | None = None,
     ) -> None:
         super().__init__()
         self.image_shape = tuple(int(s) for s in image_shape)
+        if dequantizer is not None and dequantizer.image_shape != self.image_shape:
+            raise ValueError(
+                f"the dequantizer was built for images of shape {dequantizer.image_shape} but "
+                f"the model takes {self.image_shape}; build it with image_shape="
+                f"{self.image_shape}"
+            )
         self.dequantize = Dequantize(n_bits)
+        self.dequantizer = dequantizer
         self.preprocess = preprocess
         self.levels = nn.ModuleList(levels)
         self.n_bits = n_bits
@@ -129,13 +149,22 @@ class MultiscaleFlow(nn.Module):
     def forward(
         self, x: Tensor, y: Tensor | None = None, noise: Tensor | float | None = None
     ) -> FlowOutput:
-        """Push integer images to latents. ``noise`` in ``[0, 1)`` fixes the dequantisation."""
+        """Push integer images to latents. ``noise`` in ``[0, 1)`` (a tensor broadcastable to
+        ``x`` or a float) fixes the dequantisation: it is ``u`` itself for uniform
+        dequantisation and ``u = q``'s draw at ``ε = Φ⁻¹(noise)`` for a variational one."""
         self.check_images(x)
         self._check_y(y)
-        v, logdet = self.dequantize(x.to(self._dtype()), noise=noise)
+        x = x.to(self._dtype())
+        if self.dequantizer is None:
+            v, logdet = self.dequantize(x, noise=noise)
+            log_q = x.new_zeros(x.shape[0])
+        else:
+            u, log_q = self.dequantizer(x / (self.dequantize.n_bins - 1) - 0.5, noise)
+            v, logdet = self.dequantize(x, noise=u)
         out = self.flow(v, y)
         out.logdet = out.logdet + logdet
-        out.log_prob = out.log_prior + out.logdet
+        out.log_q = log_q
+        out.log_prob = out.log_prior + out.logdet - log_q
         return out
 
     def flow(self, v: Tensor, y: Tensor | None = None) -> FlowOutput:
@@ -156,12 +185,13 @@ class MultiscaleFlow(nn.Module):
                 z = h
                 log_prior = log_prior + level.prior.log_prob(z, y=y)
             latents.append(z)
-        return FlowOutput(log_prior + logdet, log_prior, logdet, latents)
+        return FlowOutput(log_prior + logdet, log_prior, logdet, latents, torch.zeros_like(logdet))
 
     def log_prob(
         self, x: Tensor, y: Tensor | None = None, noise: Tensor | float | None = None
     ) -> Tensor:
-        """``log p(x)`` of integer images in nats, ``(B,)`` (one dequantisation draw)."""
+        """``log p(x)`` of integer images in nats, ``(B,)``: the dequantisation bound of one
+        draw (uniform, or variational with a ``dequantizer``)."""
         return self(x, y, noise).log_prob
 
     def bits_per_dim(
@@ -177,7 +207,8 @@ class MultiscaleFlow(nn.Module):
     def encode(
         self, x: Tensor, y: Tensor | None = None, noise: Tensor | float = 0.5
     ) -> list[Tensor]:
-        """Per-level latents of integer images (deterministic: bin centres unless ``noise``)."""
+        """Per-level latents of integer images, deterministic unless ``noise=None``: the default
+        0.5 puts them at the bin centres (uniform) or at ``q``'s draw for ``ε = 0``."""
         return self(x, y, noise).latents
 
     def invert(self, zs: list[Tensor], y: Tensor | None = None) -> Tensor:

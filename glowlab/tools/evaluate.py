@@ -7,6 +7,8 @@ Examples::
     glowlab-eval ckpt=... data.root=/mnt/fashion-mnist     # the run's data, moved
 
 Writes ``eval.json`` (summary), ``per_image_bpd.csv`` and ``bpd_histogram.png`` to the run dir.
+For a model with a variational dequantizer (Flow++) the summary and the CSV also give the
+importance-weighted bound over the same ``samples`` draws.
 """
 
 from __future__ import annotations
@@ -28,7 +30,12 @@ from glowlab.cli import run_cli
 from glowlab.data import ImageDataModule
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.tools.cli import output_dir, write_json
-from glowlab.tools.likelihood import UNIFORM_DEQUANTIZATION, LikelihoodBound, per_image_bpd
+from glowlab.tools.likelihood import (
+    IMPORTANCE_WEIGHTED,
+    IMPORTANCE_WEIGHTED_ABSENT,
+    model_bounds,
+    per_image_bounds,
+)
 from glowlab.tools.loading import build_datamodule, load_flow, model_labels, split_loader
 from glowlab.tools.plots import histogram
 from glowlab.train import CONFIG_DIR
@@ -57,6 +64,11 @@ def reconstruction_error(
     return {"recon_max_abs": max_abs, "recon_pixel_errors": errors}
 
 
+def _sem(bpd: Tensor) -> float:
+    """Standard error of the mean over images (NaN for a single image)."""
+    return bpd.std().item() / math.sqrt(len(bpd)) if len(bpd) > 1 else float("nan")
+
+
 def evaluate(
     model: MultiscaleFlow,
     datamodule: ImageDataModule,
@@ -64,42 +76,62 @@ def evaluate(
     samples: int = 4,
     seed: int = 1234,
     max_images: int | None = None,
-    bound: LikelihoodBound = UNIFORM_DEQUANTIZATION,
 ) -> dict[str, Any]:
-    """Bits per dim of ``split`` (``bound`` averaged over ``samples`` noise draws per image)
+    """Bits per dim of ``split`` under the model's bounds (``samples`` noise draws per image)
     and the reconstruction error.
 
+    ``bpd`` is the model's training bound: uniform dequantization, or the variational bound
+    of a variational dequantizer, whose model also gets ``importance_weighted_bpd`` from the
+    same draws (``null`` otherwise; ``importance_weighted_note`` says why).
+
     Returns the summary (``bpd``, ``bpd_sem``: standard error over images, ``bound``,
-    ``bound_note``, ``recon_max_abs``, ``recon_pixel_errors``, ...) plus ``per_image_bpd``
-    float64 ``(N,)`` and ``labels`` ``(N,)`` tensors. Noise seeding: see ``per_image_bpd``.
+    ``bound_note``, ``importance_weighted_bpd``, ``importance_weighted_bpd_sem``,
+    ``importance_weighted_note``, ``recon_max_abs``, ``recon_pixel_errors``, ...) plus float64
+    ``(N,)`` tensors ``per_image_bpd`` and ``per_image_importance_weighted_bpd`` (or None) and
+    ``labels`` ``(N,)``. Noise seeding: see ``glowlab.tools.likelihood.per_image_bounds``.
     """
     loader = split_loader(datamodule, split, max_images=max_images)
-    bpd, labels = per_image_bpd(model, loader, samples, seed, bound)
-    sem = bpd.std().item() / math.sqrt(len(bpd)) if len(bpd) > 1 else float("nan")
+    bounds = model_bounds(model)
+    per_bound, labels = per_image_bounds(model, loader, bounds, samples, seed)
+    bpd = per_bound[bounds[0].name]
+    weighted = per_bound.get(IMPORTANCE_WEIGHTED.name)
     return {
         "split": split,
         "images": len(bpd),
         "samples": samples,
         "seed": seed,
         "bpd": bpd.mean().item(),
-        "bpd_sem": sem,
-        "bound": bound.name,
-        "bound_note": bound.note,
-        "importance_weighted_bpd": None,  # needs a variational dequantizer (none yet)
+        "bpd_sem": _sem(bpd),
+        "bound": bounds[0].name,
+        "bound_note": bounds[0].note,
+        "importance_weighted_bpd": None if weighted is None else weighted.mean().item(),
+        "importance_weighted_bpd_sem": None if weighted is None else _sem(weighted),
+        "importance_weighted_note": (
+            IMPORTANCE_WEIGHTED_ABSENT if weighted is None else IMPORTANCE_WEIGHTED.note
+        ),
         **reconstruction_error(model, loader),
         "per_image_bpd": bpd,
+        "per_image_importance_weighted_bpd": weighted,
         "labels": labels,
     }
 
 
-def write_per_image_csv(path: Path, bpd: Tensor, labels: Tensor) -> None:
-    """``index,label,bpd`` rows, one per image of the split (index = position in the split)."""
+def write_per_image_csv(
+    path: Path, bpd: Tensor, labels: Tensor, importance_weighted: Tensor | None = None
+) -> None:
+    """``index,label,bpd`` rows, one per image of the split (index = position in the split),
+    plus an ``importance_weighted_bpd`` column when ``importance_weighted`` is given."""
+    header, columns = ["index", "label", "bpd"], [bpd.tolist()]
+    if importance_weighted is not None:
+        header.append("importance_weighted_bpd")
+        columns.append(importance_weighted.tolist())
+    values_per_image = zip(*columns, strict=True)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["index", "label", "bpd"])
+        writer.writerow(header)
         writer.writerows(
-            [i, int(y), f"{b:.6f}"]
-            for i, (y, b) in enumerate(zip(labels, bpd.tolist(), strict=True))
+            [i, int(y), *(f"{value:.6f}" for value in values)]
+            for i, (y, values) in enumerate(zip(labels, values_per_image, strict=True))
         )
 
 
@@ -111,17 +143,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     result = evaluate(model, datamodule, cfg.split, cfg.samples, cfg.seed, cfg.max_images)
     out = output_dir(cfg)
     bpd, labels = result.pop("per_image_bpd"), result.pop("labels")
-    write_per_image_csv(out / "per_image_bpd.csv", bpd, labels)
+    weighted = result.pop("per_image_importance_weighted_bpd")
+    write_per_image_csv(out / "per_image_bpd.csv", bpd, labels, weighted)
     title = f"{datamodule.name} {cfg.split}: mean {result['bpd']:.4f} bpd"
-    histogram({cfg.split: bpd}, "bits per dim", title, cfg.bins).save(out / "bpd_histogram.png")
+    groups = {cfg.split: bpd}
+    if weighted is not None:
+        groups = {f"{cfg.split} variational": bpd, f"{cfg.split} importance-weighted": weighted}
+    histogram(groups, "bits per dim", title, cfg.bins).save(out / "bpd_histogram.png")
     result.update(
         checkpoint=str(cfg.ckpt), data=datamodule.name, wall_time_s=time.perf_counter() - started
     )
     write_json(out / "eval.json", result)
+    if weighted is None:
+        weighted_text = "no variational dequantizer"
+    else:
+        weighted_text = (
+            f"importance-weighted bpd {result['importance_weighted_bpd']:.4f} ± "
+            f"{result['importance_weighted_bpd_sem']:.4f}"
+        )
     print(
         f"glowlab-eval: {cfg.split} bpd {result['bpd']:.4f} ± {result['bpd_sem']:.4f} "
         f"({result['bound']}, samples={cfg.samples}, {result['images']} images; "
-        f"no variational dequantizer) | reconstruction max |Δv| {result['recon_max_abs']:.2e}, "
+        f"{weighted_text}) | reconstruction max |Δv| {result['recon_max_abs']:.2e}, "
         f"{result['recon_pixel_errors']} pixels off | {out / 'eval.json'}"
     )
     return result

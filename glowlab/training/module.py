@@ -27,10 +27,11 @@ class NonFiniteLossError(RuntimeError):
 class FlowModule(L.LightningModule):
     """Trains a ``MultiscaleFlow``: loss = mean bits per dim of the dequantised batch.
 
-    Logs ``{train,val,test}/bpd`` and its two parts, ``*/prior_bpd`` (from ``log p(z)``)
-    and ``*/logdet_bpd`` (from the logdet, including the dequantisation's ``n_bits``), so
-    ``bpd = prior_bpd + logdet_bpd``. Validation and test use a fixed noise draw per batch,
-    so their bpd is reproducible.
+    Logs ``{train,val,test}/bpd`` and its parts, ``*/prior_bpd`` (from ``log p(z)``),
+    ``*/logdet_bpd`` (from the logdet, including the dequantisation's ``n_bits``) and
+    ``*/dequant_bpd`` (from ``-log q(u|x)`` of a variational dequantizer; 0 for uniform), so
+    ``bpd = prior_bpd + logdet_bpd + dequant_bpd``. Validation and test use a fixed noise
+    draw per batch, so their bpd is reproducible.
 
     Args:
         model: the flow.
@@ -133,6 +134,7 @@ class FlowModule(L.LightningModule):
             "bpd": to_bpd(out.log_prob),
             "prior_bpd": to_bpd(out.log_prior),
             "logdet_bpd": to_bpd(out.logdet),
+            "dequant_bpd": to_bpd(-out.log_q),
         }
 
     def training_step(self, batch, batch_idx: int) -> Tensor | None:
@@ -182,4 +184,4 @@ class FlowModule(L.LightningModule):
         restore_rng_state(checkpoint["glowlab"]["rng_state"])
 
 
-_PARTS = ("bpd", "prior_bpd", "logdet_bpd")
+_PARTS = ("bpd", "prior_bpd", "logdet_bpd", "dequant_bpd")
