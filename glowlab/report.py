@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ("run", "overrides", "val/bpd", "test/bpd", "steps", "wall_time_s")
+COLUMNS = ("run", "overrides", "val/bpd", "test/bpd", "steps", "wall_time_s", "parameters")
 
 
 def collect(root: Path) -> list[dict[str, Any]]:

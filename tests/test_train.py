@@ -88,12 +88,10 @@ def test_two_process_ddp_ranks_agree(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_multirun_writes_metrics_and_report(tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
-    result = _run_app(
-        ["-m", *TINY_CLI, "model.depth=1,2", "model.width=8,16", f"hydra.sweep.dir={sweep}"],
-        tmp_path,
-    )
+    """A sweep with the default sweep dir: logs/<task>/multiruns/<time>/<job> under the cwd."""
+    result = _run_app(["-m", *TINY_CLI, "model.depth=1,2", "model.width=8,16"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    [sweep] = tmp_path.glob("logs/*/multiruns/*")
     assert len(list(sweep.glob("*/metrics.json"))) == 4
     report = _run_app([str(sweep)], tmp_path, module="glowlab.report")
     assert report.returncode == 0, report.stderr
