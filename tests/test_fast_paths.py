@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from glowlab.bijections import Sequential, Shift, Squeeze
+from glowlab.bijections.conditioners import ActNormConv2d, ZeroConv2d
 from glowlab.compilation import compile_levels
 from glowlab.models import glow, nice, realnvp
 from glowlab.profiling import saved_activation_bytes
@@ -128,3 +129,19 @@ def test_compile_falls_back_to_eager_where_unsupported(monkeypatch) -> None:
         assert not compile_levels(model)
     with pytest.raises(ValueError, match="compile mode='fast'"):
         compile_levels(model, mode="fast")
+
+
+def test_folded_actnorm_convolutions_equal_the_unfolded_layers() -> None:
+    """``ActNormConv2d``/``ZeroConv2d`` scale the weights, not the outputs: same numbers."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 6, 6, dtype=torch.float64)
+    layer = ActNormConv2d(3, 5, 3).double().train()
+    y = layer(x)  # data-dependent init: zero mean, unit variance per channel
+    assert torch.allclose(y.mean(dim=(0, 2, 3)), torch.zeros(5, dtype=y.dtype), atol=1e-12)
+    assert torch.allclose(y.std(dim=(0, 2, 3), unbiased=False), torch.ones(5, dtype=y.dtype))
+    zero = ZeroConv2d(5, 4).double()
+    perturb_parameters(layer, 0.3)
+    perturb_parameters(zero, 0.3)
+    unfolded = (layer.conv(x) + layer.norm.bias) * torch.exp(layer.norm.log_scale)
+    assert torch.allclose(layer(x), unfolded, atol=1e-12)
+    assert torch.allclose(zero(y), zero.conv(y) * torch.exp(3 * zero.logs), atol=1e-12)

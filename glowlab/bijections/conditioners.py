@@ -15,6 +15,15 @@ from torch.nn.utils.parametrizations import weight_norm
 from glowlab.bijections.actnorm import HiddenActNorm
 
 
+def _scaled_conv(conv: nn.Conv2d, x: Tensor, log_scale: Tensor, bias: Tensor) -> Tensor:
+    """``(conv(x) + bias) · exp(log_scale)`` per output channel, as one convolution with the
+    weight and bias scaled instead of the (much larger) output: ``log_scale``, ``bias``
+    broadcast to ``(1, C_out, 1, 1)``."""
+    scale = torch.exp(log_scale.reshape(-1))
+    weight = conv.weight * scale.reshape(-1, 1, 1, 1)
+    return F.conv2d(x, weight, bias.reshape(-1) * scale, padding=conv.padding)
+
+
 class ZeroConv2d(nn.Module):
     """3×3 convolution starting at zero, with Glow's learned output scale ``exp(3·logs)``."""
 
@@ -27,11 +36,33 @@ class ZeroConv2d(nn.Module):
         self.log_scale_factor = log_scale_factor
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x) * torch.exp(self.logs * self.log_scale_factor)
+        log_scale = self.logs * self.log_scale_factor
+        return _scaled_conv(self.conv, x, log_scale, self.conv.bias)
+
+
+class ActNormConv2d(nn.Module):
+    """Bias-free ``k×k`` convolution followed by ActNorm, ``(conv(x) + b) · exp(s)``, computed
+    as a single convolution with a scaled weight and bias (one pass over the activations
+    instead of three). ActNorm's data-dependent initialisation runs on the first training
+    batch, as in ``HiddenActNorm``. Shapes: ``(B, C_in, H, W) -> (B, C_out, H, W)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False
+        )
+        self.norm = HiddenActNorm(out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and not self.norm.initialized:
+            self.norm.initialize(self.conv(x))
+        return _scaled_conv(self.conv, x, self.norm.log_scale, self.norm.bias)
 
 
 class GlowConditioner(nn.Module):
-    """Glow's network: conv3×3 → ActNorm → ReLU → conv1×1 → ActNorm → ReLU → zero conv3×3.
+    """Glow's network: conv3×3 → ActNorm → ReLU → conv1×1 → ActNorm → ReLU → zero conv3×3
+    (each ActNorm folded into the convolution before it: ``ActNormConv2d``).
 
     References: Kingma & Dhariwal, "Glow", 2018.
     """
@@ -39,11 +70,9 @@ class GlowConditioner(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, hidden: int = 512) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False),
-            HiddenActNorm(hidden),
+            ActNormConv2d(in_channels, hidden, 3),
             nn.ReLU(),
-            nn.Conv2d(hidden, hidden, 1, bias=False),
-            HiddenActNorm(hidden),
+            ActNormConv2d(hidden, hidden, 1),
             nn.ReLU(),
             ZeroConv2d(hidden, out_channels),
         )
