@@ -11,8 +11,8 @@ from glowlab.bijections.cnf import (
     ConcatConvDynamics,
     exact_divergence,
     hutchinson_divergence,
-    hutchinson_noise,
 )
+from glowlab.bijections.hutchinson import hutchinson_noise
 from tests.conftest import perturb_parameters
 
 SHAPE = (2, 4, 4)  # (C, H, W): D = 32

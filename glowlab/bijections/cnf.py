@@ -31,12 +31,12 @@ from torch import Tensor, nn
 from torchdiffeq import odeint, odeint_adjoint
 
 from glowlab.bijections.base import Bijection, sum_except_batch
+from glowlab.bijections.hutchinson import NOISES, hutchinson_noise
 from glowlab.validation import check_positive, choose
 
 ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
 FIXED_STEP_SOLVERS = ("euler", "midpoint", "rk4")
 TRACES = ("exact", "hutchinson")
-NOISES = ("rademacher", "gaussian")
 
 
 class ConcatConv2d(nn.Module):
@@ -90,13 +90,6 @@ def exact_divergence(f: Tensor, x: Tensor, create_graph: bool) -> Tensor:
         )
         divergence = divergence + row.reshape(row.shape[0], -1)[:, i]
     return divergence
-
-
-def hutchinson_noise(like: Tensor, kind: str) -> Tensor:
-    """A probe ``v`` shaped like ``like`` with ``E[vvᵀ] = I``: ``±1`` entries or ``N(0, 1)``."""
-    if choose("noise", kind, NOISES) == "gaussian":
-        return torch.randn_like(like)
-    return torch.randint_like(like, 0, 2) * 2 - 1
 
 
 def hutchinson_divergence(f: Tensor, x: Tensor, v: Tensor, create_graph: bool) -> Tensor:

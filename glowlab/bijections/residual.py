@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glowlab.bijections.base import Bijection, sum_except_batch
+from glowlab.bijections.hutchinson import hutchinson_noise
 from glowlab.validation import check_positive, choose
 
 LOGDET_ESTIMATORS = ("exact", "roulette", "series")
@@ -166,11 +167,6 @@ class LipschitzBranch(nn.Module):
         for activation, conv, weight in zip(self.activations, self.convs, weights, strict=True):
             x = conv(activation(x), weight)
         return x
-
-
-def rademacher_like(x: Tensor) -> Tensor:
-    """Independent ±1 entries with the shape, dtype and device of ``x``."""
-    return torch.randint(0, 2, x.shape, device=x.device).to(x.dtype) * 2 - 1
 
 
 def roulette_weights(exact_terms: int, p: float) -> list[float]:
@@ -316,7 +312,7 @@ class ResidualBlock(Bijection):
             if self.logdet == "exact":
                 logdet = log_det_brute_force(vjp, x_in)
             else:
-                logdet = log_det_power_series(vjp, rademacher_like(x), self._series_weights())
+                logdet = log_det_power_series(vjp, hutchinson_noise(x), self._series_weights())
         z = x + gx
         return (z, logdet) if keep_graph else (z.detach(), logdet.detach())
 
@@ -350,6 +346,5 @@ __all__ = [
     "SpectralNormConv2d",
     "log_det_brute_force",
     "log_det_power_series",
-    "rademacher_like",
     "roulette_weights",
 ]
