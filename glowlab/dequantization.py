@@ -19,16 +19,15 @@ of generative models", ICLR 2016.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glowlab.bijections.base import sum_except_batch
+from glowlab.bijections.coupling import checkerboard_mask
+from glowlab.priors import gaussian_log_prob
 from glowlab.validation import check_positive
 
-_LOG_2PI = math.log(2 * math.pi)
 LOG_SCALE_BOUND = 2.0
 """Each coupling's log-scale is soft-clamped to ``(-2, 2)``: ``2·tanh(raw / 2)``."""
 
@@ -41,8 +40,7 @@ def coupling_masks(image_shape: tuple[int, int, int], depth: int) -> list[Tensor
     channel halves, ...); with odd ``C`` only checkerboards.
     """
     c, h, w = image_shape
-    rows, cols = torch.arange(h).view(-1, 1), torch.arange(w).view(1, -1)
-    board = ((rows + cols) % 2 == 0).float().expand(c, h, w)
+    board = checkerboard_mask(h, w, 0, torch.zeros(())).expand(1, c, h, w)[0]
     halves = (torch.arange(c) < c // 2).float().view(c, 1, 1).expand(c, h, w)
     masks = []
     for i in range(depth):
@@ -154,7 +152,7 @@ class VariationalDequantizer(nn.Module):
                 f"with the model's image_shape"
             )
         eps = standard_normal_noise(image, noise)
-        log_q = sum_except_batch(-0.5 * (eps * eps + _LOG_2PI))  # log N(ε; 0, I)
+        log_q = gaussian_log_prob(eps, eps.new_zeros(()), eps.new_zeros(()))  # log N(ε; 0, I)
         context = self.encoder(image)  # (B, hidden, H, W)
         h = eps
         for coupling in self.couplings:
