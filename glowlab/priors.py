@@ -127,14 +127,15 @@ class PlanarPrior(nn.Module):
         super().__init__()
         if layers < 1:
             raise ValueError(f"planar_layers={layers!r} must be >= 1 (planar flows in the prior)")
-        self.shape = tuple(shape)
-        self.flow = Sequential([Planar(math.prod(shape)) for _ in range(layers)])
+        self.dims = math.prod(shape)
+        self.flow = Sequential([Planar(self.dims) for _ in range(layers)])
+        self.base = StandardNormal()
 
     def log_prob(
         self, z: Tensor, context: Tensor | None = None, y: Tensor | None = None
     ) -> Tensor:
         base, logdet = self.flow(z.reshape(z.shape[0], -1))
-        return gaussian_log_prob(base, base.new_zeros(()), base.new_zeros(())) + logdet
+        return self.base.log_prob(base) + logdet
 
     def sample(
         self,
@@ -146,10 +147,8 @@ class PlanarPrior(nn.Module):
         eps: Tensor | None = None,
     ) -> Tensor:
         """Draw ``(n, *shape)`` latents (``eps``: given standard-normal noise of that shape)."""
-        weight = self.flow.layers[0].w
-        if eps is None:
-            eps = torch.randn(n, *shape, device=weight.device, dtype=weight.dtype)
-        base = temperature * eps.to(weight).reshape(n, -1)
+        eps = None if eps is None else eps.reshape(n, self.dims)
+        base = self.base.sample(n, (self.dims,), temperature=temperature, eps=eps)
         return self.flow.inverse(base).reshape(n, *shape)
 
 
