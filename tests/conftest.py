@@ -40,6 +40,14 @@ def perturb_parameters(module: torch.nn.Module, scale: float = 0.05, seed: int =
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
+
+def model_config_shape(name: str) -> tuple[int, int, int]:
+    """The image shape to build ``conf/model/<name>.yaml`` at: CIFAR-sized for the paper
+    presets (their 3 levels need sides divisible by 8), Fashion-MNIST-sized otherwise."""
+    paper_sized = name in ("glow", "realnvp") or name.endswith("_paper")
+    return (3, 32, 32) if paper_sized else (1, 28, 28)
+
+
 TINY_RUN = [
     "data=synthetic",
     "data.image_size=8",

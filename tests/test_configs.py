@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.train import train
 from glowlab.training.run import build_model, instantiate_nodes
-from tests.conftest import CONF, compose_run
+from tests.conftest import CONF, compose_run, model_config_shape
 from tests.fixtures import make_celeba, make_cifar10
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -43,8 +43,7 @@ def test_group_option_composes_and_instantiates(tmp_path: Path, group: str, opti
         datamodule = instantiate(cfg.data)
         assert len(datamodule.image_shape) == 3
     elif group == "model":
-        paper_sized = option in ("glow", "realnvp") or option.endswith("_paper")
-        shape = (3, 32, 32) if paper_sized else (1, 28, 28)
+        shape = model_config_shape(option)
         assert isinstance(instantiate(cfg.model, image_shape=shape, depth=1), MultiscaleFlow)
     elif group in ("optimizer", "scheduler"):
         params = [torch.nn.Parameter(torch.zeros(2))]

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from glowlab.bijections import Sequential, Shift
 from glowlab.models import Level, MultiscaleFlow, ffjord, glow, maf, nice, realnvp, resflow
 from glowlab.priors import StandardNormal
-from tests.conftest import perturb_parameters
+from tests.conftest import model_config_shape, perturb_parameters
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -251,9 +251,8 @@ def test_bad_images_are_named() -> None:
 def test_model_configs_instantiate(name: str) -> None:
     with initialize_config_dir(str(CONF / "model"), version_base="1.3"):
         cfg = compose(config_name=name)
-    paper_sized = name in ("glow", "realnvp") or name.endswith("_paper")
-    shape = (3, 32, 32) if paper_sized else (1, 28, 28)
-    overrides = {"depth": 1} if paper_sized else {}
+    shape = model_config_shape(name)
+    overrides = {"depth": 1} if shape[0] == 3 else {}  # paper sizes: one step per level
     model = instantiate(cfg, image_shape=shape, **overrides)
     assert isinstance(model, MultiscaleFlow) and model.image_shape == shape
     x = torch.randint(0, 256, (2, *shape))
