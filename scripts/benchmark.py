@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import glowlab
+from glowlab.bijections.base import MEMORY_SAVING
 from glowlab.compilation import COMPILE_MODES, compile_levels
 from glowlab.profiling import saved_activation_bytes
 
@@ -198,9 +199,7 @@ def main() -> None:
     parser.add_argument("--depths", type=int, nargs="*", help="repeat for each depth K")
     parser.add_argument("--coupling", choices=["affine", "additive"])
     parser.add_argument("--permutation", choices=["lu", "conv1x1", "reverse", "shuffle"])
-    parser.add_argument(
-        "--memory-saving", choices=["reversible", "checkpoint"], help="recompute activations"
-    )
+    parser.add_argument("--memory-saving", choices=MEMORY_SAVING[1:], help="recompute activations")
     parser.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile the flow steps")
     parser.add_argument("--bf16-conditioner", action="store_true", help="bf16 coupling nets")
     parser.add_argument("--channels-last", action="store_true", help="NHWC conv weights")

@@ -56,12 +56,12 @@ class Sequential(Bijection):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.memory_saving = choose("memory_saving", memory_saving, MEMORY_SAVING)
-        self.exact_inverse = all(layer.exact_inverse for layer in self.layers)
-        inexact = [type(m).__name__ for m in self.layers if not m.exact_inverse]
+        inexact = sorted({type(m).__name__ for m in self.layers if not m.exact_inverse})
+        self.exact_inverse = not inexact
         if memory_saving == "reversible" and inexact:
             raise ValueError(
                 f"memory_saving='reversible' needs exactly invertible layers, but "
-                f"{sorted(set(inexact))} invert numerically; use memory_saving='checkpoint'"
+                f"{inexact} invert numerically; use memory_saving='checkpoint'"
             )
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
