@@ -27,7 +27,7 @@ from glowlab.training.callbacks import SampleGrid
 from glowlab.training.checkpoints import load_checkpoint
 from glowlab.training.run import RunObjects, build_run
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 log = logging.getLogger("glowlab.train")
 
 

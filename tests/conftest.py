@@ -38,7 +38,7 @@ def perturb_parameters(module: torch.nn.Module, scale: float = 0.05, seed: int =
             p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
 
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "glowlab" / "conf"
 
 
 def model_config_shape(name: str) -> tuple[int, int, int]:

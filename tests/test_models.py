@@ -15,7 +15,7 @@ from glowlab.models import Level, MultiscaleFlow, ffjord, glow, maf, nice, realn
 from glowlab.priors import StandardNormal
 from tests.conftest import model_config_shape, perturb_parameters
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "glowlab" / "conf"
 
 TINY = {
     "glow": lambda **kw: glow((1, 8, 8), levels=2, depth=2, width=8, **kw),

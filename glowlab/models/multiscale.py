@@ -67,6 +67,15 @@ class FlowOutput:
     log_q: Tensor
 
 
+@dataclass
+class Objective:
+    """What a training step minimises: ``loss`` (a scalar) and the scalars to log as
+    ``train/<name>`` (the loss itself among them, under its own name)."""
+
+    loss: Tensor
+    logs: dict[str, Tensor]
+
+
 class MultiscaleFlow(nn.Module):
     """A multiscale normalizing flow on integer images ``(B, C, H, W)`` in ``[0, 2^n_bits)``.
 
@@ -202,6 +211,28 @@ class MultiscaleFlow(nn.Module):
 
     def nats_to_bpd(self, log_prob: Tensor) -> Tensor:
         return -log_prob / (self.dims * math.log(2.0))
+
+    def bpd_parts(
+        self, x: Tensor, y: Tensor | None = None, noise: Tensor | float | None = None
+    ) -> dict[str, Tensor]:
+        """The reported numbers, each ``(B,)``: ``bpd = prior_bpd + logdet_bpd + dequant_bpd``
+        (``logdet_bpd`` includes the dequantisation's ``n_bits``; ``dequant_bpd`` is the
+        ``-log q(u|x)`` of a variational dequantizer, 0 for uniform). Validation and test
+        report these for every family, whatever its training objective."""
+        out = self(x, y, noise)
+        return {
+            "bpd": self.nats_to_bpd(out.log_prob),
+            "prior_bpd": self.nats_to_bpd(out.log_prior),
+            "logdet_bpd": self.nats_to_bpd(out.logdet),
+            "dequant_bpd": self.nats_to_bpd(-out.log_q),
+        }
+
+    def objective(self, x: Tensor, y: Tensor | None = None) -> Objective:
+        """The training objective: for a maximum-likelihood flow, the mean bpd of the batch
+        under one dequantisation draw, logged with its parts. Families trained otherwise (flow
+        matching) override this; ``bpd_parts`` stays the reported likelihood."""
+        parts = self.bpd_parts(x, y)
+        return Objective(parts["bpd"].mean(), {k: v.mean() for k, v in parts.items()})
 
     # ----------------------------------------------------------------- latents
     def encode(

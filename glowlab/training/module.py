@@ -1,4 +1,4 @@
-"""The LightningModule: a thin wrapper that trains a flow by mean bits per dim."""
+"""The LightningModule: a thin wrapper that trains a flow by its own objective."""
 
 from __future__ import annotations
 
@@ -25,9 +25,10 @@ class NonFiniteLossError(RuntimeError):
 
 
 class FlowModule(L.LightningModule):
-    """Trains a ``MultiscaleFlow``: loss = mean bits per dim of the dequantised batch.
+    """Trains a ``MultiscaleFlow`` by ``model.objective`` (mean bpd for maximum-likelihood
+    flows) and validates and tests by ``model.bpd_parts``, the true likelihood.
 
-    Logs ``{train,val,test}/bpd`` and its parts, ``*/prior_bpd`` (from ``log p(z)``),
+    Logs ``train/<each objective term>``, ``{val,test}/bpd`` and its parts, ``*/prior_bpd`` (from ``log p(z)``),
     ``*/logdet_bpd`` (from the logdet, including the dequantisation's ``n_bits``) and
     ``*/dequant_bpd`` (from ``-log q(u|x)`` of a variational dequantizer; 0 for uniform), so
     ``bpd = prior_bpd + logdet_bpd + dequant_bpd``. Validation and test use a fixed noise
@@ -69,9 +70,7 @@ class FlowModule(L.LightningModule):
             self.model.to(memory_format=torch.channels_last)
         if compile is not None:
             compile_levels(self.model, compile)
-        self.metrics = torch.nn.ModuleDict(
-            {f"{stage}_{part}": MeanMetric() for stage in ("val", "test") for part in _PARTS}
-        )
+        self.metrics = torch.nn.ModuleDict()  # "{stage}_{name}" -> MeanMetric, made on first use
         self.ranks_agree: dict[str, bool] = {}
         self.nonfinite_step: int | None = None  # set when the loss goes NaN/Inf
         self.run_config: dict[str, Any] = {}
@@ -126,37 +125,36 @@ class FlowModule(L.LightningModule):
     def _labels(self, y: Tensor) -> Tensor | None:
         return y if self.model.num_classes else None
 
-    def _bpd_parts(self, batch, noise: Tensor | None = None) -> dict[str, Tensor]:
-        x, y = batch
-        out = self.model(x, self._labels(y), noise=noise)
-        to_bpd = self.model.nats_to_bpd
-        return {
-            "bpd": to_bpd(out.log_prob),
-            "prior_bpd": to_bpd(out.log_prior),
-            "logdet_bpd": to_bpd(out.logdet),
-            "dequant_bpd": to_bpd(-out.log_q),
-        }
-
     def training_step(self, batch, batch_idx: int) -> Tensor | None:
-        parts = self._bpd_parts(batch)
-        loss = parts["bpd"].mean()
+        x, y = batch
+        objective = self.model.objective(x, self._labels(y))
+        loss = objective.loss
         finite = torch.isfinite(loss).all()
         if not self.trainer.strategy.reduce_boolean_decision(bool(finite), all=True):
             self.nonfinite_step = self.global_step
             self.trainer.should_stop = True
             return None  # skip the update: the parameters stay finite
-        for name, value in parts.items():
-            self.log(f"train/{name}", value.mean(), prog_bar=name == "bpd")
+        for name, value in objective.logs.items():
+            self.log(f"train/{name}", value, prog_bar=name == "bpd")
         return loss
 
     def _eval_step(self, stage: str, batch, batch_idx: int) -> None:
         x = batch[0]
         gen = torch.Generator(device="cpu").manual_seed(self.eval_seed + batch_idx)
         noise = torch.rand(x.shape, generator=gen).to(self.device, self.model._dtype())
-        for name, value in self._bpd_parts(batch, noise).items():
-            metric = self.metrics[f"{stage}_{name}"]
+        for name, value in self.model.bpd_parts(x, self._labels(batch[1]), noise).items():
+            key = f"{stage}_{name}"
+            if key not in self.metrics:
+                self.metrics[key] = MeanMetric().to(self.device)
+            metric = self.metrics[key]
             metric.update(value)
-            self.log(f"{stage}/{name}", metric, prog_bar=name == "bpd", on_epoch=True)
+            self.log(
+                f"{stage}/{name}",
+                metric,
+                prog_bar=name == "bpd",
+                on_epoch=True,
+                metric_attribute=f"metrics.{key}",
+            )
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step("val", batch, batch_idx)
@@ -183,5 +181,3 @@ class FlowModule(L.LightningModule):
         # first training batch draws from them: evaluation uses its own generators.
         restore_rng_state(checkpoint["glowlab"]["rng_state"])
 
-
-_PARTS = ("bpd", "prior_bpd", "logdet_bpd", "dequant_bpd")
