@@ -1,0 +1,83 @@
+"""Reference log-likelihoods of every model preset, to hold refactors to the same numbers.
+
+``python -m tests.preset_reference`` (from the repo root) writes ``tests/data/preset_log_probs.json``:
+for every ``conf/model/<name>.yaml``, ``log_prob`` (float64, nats) of 4 real Fashion-MNIST images
+(tiled to 3 channels and padded for the CIFAR-sized presets) under a fixed noise draw, after
+ActNorm initialisation on those images and a seeded perturbation of every parameter. The
+fixture was written from the code before the composable-parts refactor (commit 5ded016).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.conftest import CONF, FASHION_MNIST, model_config_shape, perturb_parameters  # noqa: E402
+
+REFERENCE = ROOT / "tests" / "data" / "preset_log_probs.json"
+SMALL = {"depth": 1}  # one step per level keeps the paper presets fast; the layout is theirs
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+def real_images(shape: tuple[int, int, int], n: int = 4) -> torch.Tensor:
+    import gzip
+
+    with gzip.open(FASHION_MNIST / "t10k-images-idx3-ubyte.gz", "rb") as f:
+        raw = f.read(16 + n * 28 * 28)
+    x = torch.frombuffer(bytearray(raw[16:]), dtype=torch.uint8).view(n, 1, 28, 28).clone()
+    c, h, w = shape
+    if (h, w) != (28, 28):
+        x = torch.nn.functional.pad(x, (2, 2, 2, 2))[:, :, :h, :w]
+    return x.expand(n, c, h, w).contiguous()
+
+
+def compose_model(name: str, overrides: list[str] | None = None):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("train", overrides=[f"model={name}", *(overrides or [])]).model
+
+
+def reference_log_prob(model: torch.nn.Module, x: torch.Tensor) -> list[float]:
+    """ActNorm init on ``x``, perturb, then ``log_prob`` in eval mode at a fixed noise/seed."""
+    model = model.double()
+    torch.manual_seed(0)
+    model.train()
+    with torch.no_grad():
+        model(x)
+    perturb_parameters(model, scale=0.02, seed=1)
+    model.eval()
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        return model.log_prob(x, noise=noise).tolist()
+
+
+def build(name: str, overrides: list[str] | None = None) -> torch.nn.Module:
+    cfg = compose_model(name, overrides)
+    shape = model_config_shape(name)
+    torch.manual_seed(0)
+    return instantiate(cfg, image_shape=shape, n_bits=8), shape
+
+
+def main() -> None:
+    values = {}
+    for name in preset_names():
+        model, shape = build(name, [f"model.{k}={v}" for k, v in SMALL.items()])
+        values[name] = reference_log_prob(model, real_images(shape))
+        print(name, values[name])
+    REFERENCE.write_text(json.dumps(values, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
