@@ -17,6 +17,7 @@ efficiency = per-process images/s with N processes ÷ images/s of a single proce
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -34,13 +35,20 @@ import glowlab
 from glowlab.bijections.base import MEMORY_SAVING
 from glowlab.compilation import COMPILE_MODES, compile_levels
 from glowlab.profiling import saved_activation_bytes
+from glowlab.transforms import Affine
 
 PRESETS: dict[str, tuple[str, tuple[int, int, int], dict]] = {
     # the main job's model (conf/experiment/fmnist_glow_cpu.yaml)
     "fmnist_default": (
         "glow",
         (1, 28, 28),
-        {"levels": 2, "depth": 4, "width": 64, "preprocess": "logit", "scale": "exp_tanh"},
+        {
+            "levels": 2,
+            "depth": 4,
+            "width": 64,
+            "preprocess": "logit",
+            "transform": functools.partial(Affine, scale="exp_tanh"),
+        },
     ),
     # conf/model/glow_small.yaml and realnvp_small.yaml on Fashion-MNIST
     "glow_small": ("glow", (1, 28, 28), {"levels": 2, "depth": 8, "width": 128}),

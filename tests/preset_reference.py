@@ -1,8 +1,9 @@
 """Reference log-likelihoods of every model preset, to hold refactors to the same numbers.
 
-``python -m tests.preset_reference`` (from the repo root) writes ``tests/data/preset_log_probs.json``:
-for every ``conf/model/<name>.yaml``, ``log_prob`` (float64, nats) of 4 real Fashion-MNIST images
-(tiled to 3 channels and padded for the CIFAR-sized presets) under a fixed noise draw, after
+``python -m tests.preset_reference`` (from the repo root) writes
+``tests/data/preset_log_probs.json``: for every ``conf/model/<name>.yaml``, ``log_prob``
+(float64, nats) of 4 real Fashion-MNIST images (tiled to 3 channels and padded for the
+CIFAR-sized presets) under a fixed noise draw, after
 ActNorm initialisation on those images and a seeded perturbation of every parameter. The
 fixture was written from the code before the composable-parts refactor (commit 5ded016).
 """

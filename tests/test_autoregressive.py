@@ -3,10 +3,13 @@ and a conditioner that sees only earlier elements."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 from glowlab.bijections.autoregressive import MaskedAutoregressive, MaskedConvConditioner
+from glowlab.transforms import Affine
 from tests.conftest import perturb_parameters
 
 # (direction, reverse, shape (C, H, W), extra options); the 4×7 and 5×5 images are wider than
@@ -141,7 +144,7 @@ def test_bad_options_raise() -> None:
         MaskedAutoregressive(2, hidden=0)
     with pytest.raises(ValueError, match="hidden_layers=-1 must be >= 0"):
         MaskedAutoregressive(2, hidden_layers=-1)
-    with pytest.raises(ValueError, match="max_log_scale=0"):
-        MaskedAutoregressive(2, max_log_scale=0.0)
+    with pytest.raises(ValueError, match="bound=0.0 must be > 0"):
+        MaskedAutoregressive(2, transform=functools.partial(Affine, scale="soft_clamp", bound=0.0))
     with pytest.raises(ValueError, match="channels=0"):
         MaskedAutoregressive(0)

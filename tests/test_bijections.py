@@ -1,4 +1,5 @@
-"""Every bijection: exact inverse and a logdet equal to the brute-force Jacobian's."""
+"""Every bijection: exact inverse and a logdet equal to the brute-force Jacobian's (the
+couplings and autoregressive layers, over every transform, in tests/test_transforms.py)."""
 
 from __future__ import annotations
 
@@ -38,26 +39,6 @@ LAYERS = {
     "conv1x1_lu": lambda: InvConv1x1LU(C, seed=2),
     "reverse": lambda: ChannelPermutation.reverse(C),
     "shuffle": lambda: ChannelPermutation.shuffle(C, seed=3),
-    "affine_channel_sigmoid": lambda: Coupling(C, glow_net, "channel", "affine"),
-    "affine_channel_parity1": lambda: Coupling(C, glow_net, "channel", "affine", parity=1),
-    "affine_checkerboard_sigmoid": lambda: Coupling(C, glow_net, "checkerboard", "affine"),
-    "affine_checkerboard_tanh": lambda: Coupling(
-        C, resnet_net, "checkerboard", "affine", parity=1, scale="exp_tanh"
-    ),
-    "affine_channel_tanh_resnet": lambda: Coupling(C, resnet_net, "channel", scale="exp_tanh"),
-    "additive_channel": lambda: Coupling(C, glow_net, "channel", "additive"),
-    "additive_checkerboard": lambda: Coupling(C, glow_net, "checkerboard", "additive"),
-    "spline_channel": lambda: Coupling(C, glow_net, "channel", "spline", spline_bins=4),
-    "spline_checkerboard": lambda: Coupling(
-        C, resnet_net, "checkerboard", "spline", parity=1, spline_bins=5, tail_bound=1.5
-    ),
-    "mixture_channel": lambda: Coupling(C, glow_net, "channel", "mixture", mixture_components=3),
-    "mixture_checkerboard_flowpp": lambda: Coupling(
-        C, flowpp_net, "checkerboard", "mixture", parity=1, mixture_components=2
-    ),
-    "mixture_channel_flowpp_no_attention": lambda: Coupling(
-        C, functools.partial(flowpp_net, attention=False), "channel", "mixture"
-    ),
     "shift": lambda: Shift(),
     "logit": lambda: Logit(0.05),
     "diagonal_scale": lambda: DiagonalScale((C, H, W)),
@@ -102,16 +83,6 @@ def test_logdet_matches_brute_force_jacobian(name: str) -> None:
         sign, expected = torch.linalg.slogdet(jac)
         assert sign != 0
         assert torch.allclose(logdet[i], expected, atol=1e-8), (name, logdet[i], expected)
-
-
-def test_perturbed_couplings_are_not_identity() -> None:
-    """Guard against a vacuous Jacobian test: the couplings really transform."""
-    x = _inputs("affine_checkerboard_sigmoid")
-    for name in ("affine_checkerboard_sigmoid", "spline_channel", "additive_channel"):
-        z, logdet = _prepared(name)(x)
-        assert not torch.allclose(z, x)
-    assert logdet.abs().max() == 0  # additive: volume preserving
-    assert _prepared("affine_channel_sigmoid")(x)[1].abs().min() > 1e-3
 
 
 def test_dequantize_logdet_and_inverse() -> None:
@@ -167,12 +138,10 @@ def test_channel_mask_needs_even_channels() -> None:
 
 
 def test_unknown_options_name_the_allowed_values() -> None:
-    with pytest.raises(ValueError, match=r"mask='diagonal'.*\['channel', 'checkerboard'\]"):
+    with pytest.raises(ValueError, match=r"mask='diagonal'.*\['channel', 'checkerboard'"):
         Coupling(4, glow_net, mask="diagonal")
-    with pytest.raises(ValueError, match="coupling='quadratic'"):
+    with pytest.raises(ValueError, match="transform='quadratic'"):
         Coupling(4, glow_net, transform="quadratic")
-    with pytest.raises(ValueError, match="spline_bins=1 must be >= 2"):
-        Coupling(4, glow_net, transform="spline", spline_bins=1)
     with pytest.raises(ValueError, match="n_bits"):
         Dequantize(9)
 

@@ -29,7 +29,7 @@ GROUP_OPTIONS = [
     )
     for p in sorted((CONF / group).glob("*.yaml"))
 ]
-TINY_MODEL = ["model.depth=1", "model.width=8", "module.init_batch_size=8"]
+TINY_MODEL = ["model.depth=1", "module.init_batch_size=8"]
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
@@ -65,7 +65,7 @@ def test_experiment_builds_at_full_size(tmp_path: Path, name: str) -> None:
     model = build_model(cfg, instantiate(cfg.data))
     assert model.dims == __import__("math").prod(model.image_shape)
     if name == "glow_cifar10":
-        assert (len(model.levels), cfg.model.depth, cfg.model.width) == (3, 32, 512)
+        assert (len(model.levels), cfg.model.depth, cfg.model.conditioner.hidden) == (3, 32, 512)
 
 
 def _fixture_data(name: str, root: Path) -> list[str]:
@@ -77,6 +77,14 @@ def _fixture_data(name: str, root: Path) -> list[str]:
         make_celeba(root)
         return [f"data.root={root}", "data.val_size=2", "data.num_workers=0"]
     return ["data.train_subset=64"]  # Fashion-MNIST: the real files
+
+
+def _narrow(model) -> None:
+    """8 hidden channels for whichever network the experiment's model has."""
+    if "conditioner" in model:
+        model.conditioner.hidden = 8
+    elif "width" in model:
+        model.width = 8
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -94,6 +102,8 @@ def test_experiment_fast_dev_run(tmp_path: Path, name: str) -> None:
     ]
     if name.startswith("fmnist") and not Path("/usr/share/datasets/fashion-mnist").is_dir():
         pytest.skip("Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
-    metrics = train(compose_run(tmp_path / "run", overrides))
+    cfg = compose_run(tmp_path / "run", overrides)
+    _narrow(cfg.model)
+    metrics = train(cfg)
     assert metrics["steps"] == 1
     assert 0 < metrics["test/bpd"] < 16

@@ -15,8 +15,8 @@ from tests.conftest import FASHION_MNIST, compose_run
 
 # CPU-sized presets, narrowed further so each run takes seconds.
 PRESETS = {
-    "nsf": ["model.width=16"],
-    "flowpp": ["model.width=16", "model.dequantizer_width=8"],
+    "nsf": ["model.conditioner.hidden=16"],
+    "flowpp": ["model.conditioner.hidden=16", "model.dequantization.width=8"],
     "resflow": ["model.width=16", "module.optimizer.lr=2e-2"],
     "ffjord": ["model.width=8"],
     "maf": ["model.width=16"],

@@ -9,7 +9,8 @@ import torch
 
 from glowlab.bijections import Coupling
 from glowlab.bijections.conditioners import FlowPPConditioner
-from glowlab.bijections.logistic_mixture import CENTRE_SPREAD, logistic_mixture_transform
+from glowlab.transforms import LogisticMixture
+from glowlab.transforms.mixture import CENTRE_SPREAD, logistic_mixture_transform
 from tests.conftest import perturb_parameters
 
 K = 4
@@ -107,7 +108,9 @@ MIXTURE_COUPLINGS = {  # name: (channels, factory)
     "channel_attention": (4, lambda: Coupling(4, flowpp_net, "channel", "mixture", parity=1)),
     "checkerboard_attention": (
         4,
-        lambda: Coupling(4, flowpp_net, "checkerboard", "mixture", mixture_components=2),
+        lambda: Coupling(
+            4, flowpp_net, "checkerboard", functools.partial(LogisticMixture, components=2)
+        ),
     ),
     "checkerboard_no_attention": (
         3,
@@ -173,8 +176,8 @@ def test_attention_mixes_positions_beyond_the_conv_receptive_field(attention: bo
 
 
 def test_bad_options_raise() -> None:
-    with pytest.raises(ValueError, match="mixture_components=0 must be >= 1"):
-        Coupling(4, flowpp_net, transform="mixture", mixture_components=0)
+    with pytest.raises(ValueError, match="components=0 must be an integer >= 1"):
+        Coupling(4, flowpp_net, transform=functools.partial(LogisticMixture, components=0))
     with pytest.raises(ValueError, match="heads=3 must be >= 1 and divide hidden=8"):
         FlowPPConditioner(2, 4, hidden=8, heads=3)
     with pytest.raises(ValueError, match="blocks=0"):

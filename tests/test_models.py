@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -11,8 +12,11 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from glowlab.bijections import Sequential, Shift
+from glowlab.bijections.conditioners import FlowPPConditioner
 from glowlab.models import Level, MultiscaleFlow, ffjord, glow, maf, nice, realnvp, resflow
+from glowlab.models.parts import DequantizationChoice
 from glowlab.priors import StandardNormal
+from glowlab.transforms import Affine, LogisticMixture, Spline
 from tests.conftest import model_config_shape, perturb_parameters
 
 CONF = Path(__file__).resolve().parents[1] / "glowlab" / "conf"
@@ -25,7 +29,7 @@ TINY = {
         depth=2,
         width=8,
         mask="checkerboard",
-        coupling="additive",
+        transform="additive",
         permutation="conv1x1",
         **kw,
     ),
@@ -37,7 +41,7 @@ TINY = {
         prior="standard",
         preprocess="logit",
         permutation="shuffle",
-        scale="exp_tanh",
+        transform=functools.partial(Affine, scale="exp_tanh"),
         **kw,
     ),
     "glow_spline_checkerboard": lambda **kw: glow(
@@ -45,26 +49,19 @@ TINY = {
         levels=2,
         depth=2,
         width=8,
-        coupling="spline",
+        transform=functools.partial(Spline, bins=4),
         mask="checkerboard",
-        spline_bins=4,
         **kw,
     ),
     "flowpp_planar_prior": lambda **kw: glow(
         (1, 8, 8),
         levels=2,
         depth=1,
-        width=8,
-        coupling="mixture",
-        mixture_components=3,
-        conditioner="flowpp",
-        blocks=1,
-        heads=2,
+        transform=functools.partial(LogisticMixture, components=3),
+        conditioner=functools.partial(FlowPPConditioner, hidden=8, blocks=1, heads=2),
         mask="checkerboard",
         prior="planar",
-        dequantization="variational",
-        dequantizer_width=8,
-        dequantizer_depth=2,
+        dequantization=DequantizationChoice("variational", width=8, depth=2),
         **kw,
     ),
     "resflow": lambda **kw: resflow((1, 8, 8), levels=2, depth=1, width=8, logdet="exact", **kw),

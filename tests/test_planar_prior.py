@@ -8,6 +8,7 @@ import torch
 
 from glowlab.bijections import Planar, Sequential
 from glowlab.models import glow
+from glowlab.models.parts import PriorChoice
 from glowlab.priors import PlanarPrior, gaussian_log_prob
 from tests.conftest import perturb_parameters
 
@@ -45,7 +46,7 @@ def test_planar_prior_samples_invert_the_density_map() -> None:
 
 def test_glow_with_planar_top_prior_round_trips_and_samples() -> None:
     torch.manual_seed(0)
-    model = glow((1, 8, 8), levels=2, depth=1, width=8, prior="planar", planar_layers=2)
+    model = glow((1, 8, 8), levels=2, depth=1, width=8, prior=PriorChoice("planar", layers=2))
     assert isinstance(model.levels[-1].prior, PlanarPrior)
     x = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
     model.train()

@@ -89,7 +89,9 @@ def test_two_process_ddp_ranks_agree(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_multirun_writes_metrics_and_report(tmp_path: Path) -> None:
     """A sweep with the default sweep dir: logs/<task>/multiruns/<time>/<job> under the cwd."""
-    result = _run_app(["-m", *TINY_CLI, "model.depth=1,2", "model.width=8,16"], tmp_path)
+    result = _run_app(
+        ["-m", *TINY_CLI, "model.depth=1,2", "model.conditioner.hidden=8,16"], tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     [sweep] = tmp_path.glob("logs/*/multiruns/*")
     assert len(list(sweep.glob("*/metrics.json"))) == 4
@@ -128,7 +130,7 @@ def test_bad_input_is_one_clear_line_not_a_trace(tmp_path: Path) -> None:
             ValueError,
             "12×12 is not divisible by 2\\*\\*3",
         ),
-        (["model.coupling=quadratic"], ValueError, "coupling='quadratic'"),
+        (["model.transform.scale=quadratic"], ValueError, "scale='quadratic'"),
         (["ckpt_path=/nonexistent/last.ckpt"], FileNotFoundError, "does not exist"),
     ],
 )
@@ -230,10 +232,10 @@ def test_user_config_dir_adds_an_experiment_without_editing_the_package(tmp_path
     user_conf = tmp_path / "my_conf" / "experiment"
     user_conf.mkdir(parents=True)
     (user_conf / "mine.yaml").write_text(
-        "# @package _global_\ntask_name: mine\nmodel:\n  coupling: additive\n"
+        "# @package _global_\ntask_name: mine\nmodel:\n  mask: checkerboard\n"
     )
     cfg = compose_run(
         tmp_path / "run",
         [*TINY_RUN, f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "experiment=mine"],
     )
-    assert (cfg.task_name, cfg.model.coupling) == ("mine", "additive")
+    assert (cfg.task_name, cfg.model.mask) == ("mine", "checkerboard")

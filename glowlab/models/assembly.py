@@ -3,13 +3,13 @@
 A recipe builds per-level flow steps and hands them to ``assemble`` with the common options:
 
 - ``n_bits`` (1..8), ``num_classes`` (class-conditional top prior);
-- ``prior``: ``learned`` (Glow's factor-out priors and learned top), ``standard`` (N(0, I)
-  everywhere) or ``planar`` (learned factor-outs, planar-flow top prior with
-  ``planar_layers`` layers);
+- ``prior``: a ``PriorChoice`` (``glowlab.models.parts``) or its kind's name: ``learned``
+  (Glow's factor-out priors and learned top), ``standard`` (N(0, I) everywhere) or ``planar``
+  (learned factor-outs, planar-flow top prior);
 - ``preprocess``: ``shift`` (to [-0.5, 0.5)) or ``logit`` (with ``logit_alpha``);
 - ``memory_saving``: ``none`` | ``reversible`` | ``checkpoint`` (see ``Sequential``);
-- ``dequantization``: ``uniform`` or ``variational`` (Flow++'s learned ``q(u|x)`` with
-  ``dequantizer_width`` hidden channels and ``dequantizer_depth`` couplings).
+- ``dequantization``: a ``DequantizationChoice`` or its kind's name: ``uniform`` or
+  ``variational`` (Flow++'s learned ``q(u|x)``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,12 @@ from glowlab.bijections.elementwise import Logit, Shift
 from glowlab.bijections.squeeze import Squeeze
 from glowlab.dequantization import VariationalDequantizer
 from glowlab.models.multiscale import Level, MultiscaleFlow
+from glowlab.models.parts import (
+    DequantizationChoice,
+    PriorChoice,
+    dequantization_choice,
+    prior_choice,
+)
 from glowlab.priors import (
     FactorOutPrior,
     GaussianPrior,
@@ -30,9 +36,7 @@ from glowlab.priors import (
 )
 from glowlab.validation import check_n_bits, check_positive, choose
 
-PRIORS = ("learned", "standard", "planar")
 PREPROCESSING = ("shift", "logit")
-DEQUANTIZATION = ("uniform", "variational")
 
 Shape = tuple[int, int, int]
 LevelTransforms = list[tuple[list[Bijection], Shape]]
@@ -79,10 +83,10 @@ def _preprocess(kind: str, alpha: float) -> Bijection:
 
 
 def _prior(
-    kind: str, out_shape: Shape, factor_out: bool, num_classes: int | None, planar_layers: int
+    choice: PriorChoice, out_shape: Shape, factor_out: bool, num_classes: int | None
 ) -> GaussianPrior | PlanarPrior:
     """Factor-out prior p(z₂|z₁) or top prior for a level whose output is ``out_shape``."""
-    c = out_shape[0]
+    c, kind = out_shape[0], choice.kind
     if factor_out:
         return StandardNormal() if kind == "standard" else FactorOutPrior(c // 2, c - c // 2)
     if kind == "planar":
@@ -90,7 +94,7 @@ def _prior(
             raise ValueError(
                 "prior='planar' is not class-conditional; use prior='learned' with num_classes"
             )
-        return PlanarPrior(out_shape, planar_layers)
+        return PlanarPrior(out_shape, choice.layers)
     if kind == "learned" or num_classes:
         return LearnedPrior(c, num_classes)
     return StandardNormal()
@@ -101,35 +105,34 @@ def assemble(
     transforms: LevelTransforms,
     *,
     n_bits: int = 8,
-    prior: str = "learned",
+    prior: str | PriorChoice = "learned",
     preprocess: str = "shift",
     logit_alpha: float = 0.05,
     num_classes: int | None = None,
     memory_saving: str = "none",
-    planar_layers: int = 4,
-    dequantization: str = "uniform",
-    dequantizer_width: int = 32,
-    dequantizer_depth: int = 4,
+    dequantization: str | DequantizationChoice = "uniform",
 ) -> MultiscaleFlow:
     """The ``MultiscaleFlow`` of ``transforms`` with the common options (module docstring)."""
     check_n_bits(n_bits)
-    choose("prior", prior, PRIORS)
-    choose("dequantization", dequantization, DEQUANTIZATION)
+    prior = prior_choice(prior)
+    dequantization = dequantization_choice(dequantization)
     if num_classes is not None:
         check_positive("num_classes", num_classes, allow_zero=True)
     last = len(transforms) - 1
     levels = [
         Level(
             Sequential(layers, memory_saving),
-            _prior(prior, shape, i < last, num_classes, planar_layers),
+            _prior(prior, shape, i < last, num_classes),
             shape,
             i < last,
         )
         for i, (layers, shape) in enumerate(transforms)
     ]
     dequantizer = None
-    if dequantization == "variational":
-        dequantizer = VariationalDequantizer(image_shape, dequantizer_width, dequantizer_depth)
+    if dequantization.kind == "variational":
+        dequantizer = VariationalDequantizer(
+            image_shape, dequantization.width, dequantization.depth
+        )
     return MultiscaleFlow(
         image_shape,
         _preprocess(preprocess, logit_alpha),

@@ -13,12 +13,13 @@ Glow and every tool works on them.
 from __future__ import annotations
 
 from glowlab.bijections.actnorm import ActNorm
-from glowlab.bijections.autoregressive import MaskedAutoregressive
+from glowlab.bijections.autoregressive import DEFAULT_TRANSFORM, MaskedAutoregressive
 from glowlab.bijections.base import Bijection
 from glowlab.bijections.cnf import CNF
 from glowlab.bijections.residual import ResidualBlock
 from glowlab.models.assembly import Shape, assemble, check_shape, squeeze_levels
 from glowlab.models.multiscale import MultiscaleFlow
+from glowlab.transforms import TransformFactory
 
 
 def resflow(
@@ -116,18 +117,21 @@ def maf(
     kernel_size: int = 3,
     hidden_layers: int = 1,
     actnorm: bool = True,
+    transform: str | TransformFactory = DEFAULT_TRANSFORM,
     preprocess: str = "logit",
     **common,
 ) -> MultiscaleFlow:
     """Masked autoregressive flows over each level's pixels and channels (Papamakarios et al.
     2017; ``direction="iaf"``: Kingma et al. 2016). MAF: density in one pass, sampling in
-    C·H·W passes per level and step; IAF: the reverse.
+    C·H·W passes per level and step; IAF: the reverse. ``transform``: the elementwise map
+    (default the affine ``(x − μ)·exp(−α)`` with ``|α| < 3``; ``"spline"`` gives an
+    autoregressive neural spline flow).
     """
     image_shape = check_shape(image_shape, levels, squeezes=levels)
 
     def step(c: int, level: int, k: int) -> list[Bijection]:
         layer = MaskedAutoregressive(
-            c, width, direction, kernel_size, hidden_layers, reverse=k % 2 == 1
+            c, width, direction, kernel_size, hidden_layers, k % 2 == 1, transform
         )
         return [ActNorm(c), layer] if actnorm else [layer]
 

@@ -1,14 +1,19 @@
 """Factories for the coupling architectures, all returning a ``MultiscaleFlow``.
 
 - ``glow``: per level Squeeze → K × (ActNorm → 1×1 conv → coupling) → factor-out. Its
-  couplings may be affine, additive, spline (neural spline flows) or mixture (Flow++).
+  couplings take any elementwise transform: affine, additive, spline (neural spline flows),
+  mixture (Flow++), or your own.
 - ``realnvp``: per level 3 checkerboard couplings → Squeeze → 3 channel couplings →
   factor-out; the last level has 4 checkerboard couplings.
 - ``nice``: per level Squeeze → K additive couplings → diagonal scaling → factor-out.
 
-Every option is checked at build time; a bad one raises ``ValueError`` naming it. The options
-every model shares (``n_bits``, ``prior``, ``preprocess``, ``memory_saving``,
-``dequantization``, ...) are passed through to ``glowlab.models.assembly.assemble``.
+The parts are injected: ``transform`` (a ``glowlab.transforms`` factory or a built-in name)
+and ``conditioner`` (a ``(in_channels, out_channels) -> net`` factory, or ``"glow"``,
+``"resnet"``, ``"flowpp"`` sized by ``width``/``blocks``). Configs pass factories
+(``conf/model/transform``, ``conf/model/conditioner``). Every option is checked at build
+time; a bad one raises ``ValueError`` naming it. The options every model shares (``n_bits``,
+``prior``, ``preprocess``, ``memory_saving``, ``dequantization``, ...) are passed through to
+``glowlab.models.assembly.assemble``.
 """
 
 from __future__ import annotations
@@ -23,21 +28,22 @@ from glowlab.bijections.conditioners import (
     GlowConditioner,
     ResNetConditioner,
 )
-from glowlab.bijections.coupling import MASKS, SCALES, TRANSFORMS, Conditioner, Coupling
+from glowlab.bijections.coupling import MASKS, Conditioner, Coupling
 from glowlab.bijections.elementwise import DiagonalScale
 from glowlab.bijections.permutations import ChannelPermutation, InvConv1x1, InvConv1x1LU
 from glowlab.bijections.squeeze import Squeeze
 from glowlab.models.assembly import Shape, assemble, check_shape, squeeze_levels
 from glowlab.models.multiscale import MultiscaleFlow
+from glowlab.transforms import Affine, TransformFactory, transform_factory
 from glowlab.validation import check_positive, choose
 
 PERMUTATIONS = ("lu", "conv1x1", "reverse", "shuffle")
 CONDITIONERS = ("glow", "resnet", "flowpp")
 
 
-def _conditioner(
-    kind: str | Conditioner, width: int, blocks: int, heads: int = 4, attention: bool = True
-) -> Conditioner:
+def _conditioner(kind: str | Conditioner, width: int, blocks: int) -> Conditioner:
+    """A conditioner factory: ``kind`` itself when it is one, else the named network sized by
+    ``width`` hidden channels (and ``blocks`` for resnet/flowpp)."""
     if callable(kind):
         return kind
     choose("conditioner", kind, CONDITIONERS)
@@ -45,11 +51,8 @@ def _conditioner(
     if kind == "glow":
         return functools.partial(GlowConditioner, hidden=width)
     check_positive("blocks", blocks)
-    if kind == "resnet":
-        return functools.partial(ResNetConditioner, hidden=width, blocks=blocks)
-    return functools.partial(
-        FlowPPConditioner, hidden=width, blocks=blocks, heads=heads, attention=attention
-    )
+    network = ResNetConditioner if kind == "resnet" else FlowPPConditioner
+    return functools.partial(network, hidden=width, blocks=blocks)
 
 
 def _permutation(kind: str, channels: int, seed: int) -> Bijection:
@@ -66,52 +69,37 @@ def glow(
     image_shape: Shape,
     levels: int = 3,
     depth: int = 32,
-    width: int = 512,
-    coupling: str = "affine",
+    transform: str | TransformFactory = "affine",
+    conditioner: str | Conditioner = "glow",
     permutation: str = "lu",
     mask: str = "channel",
-    scale: str = "sigmoid",
-    conditioner: str | Conditioner = "glow",
+    width: int = 512,
     blocks: int = 2,
-    heads: int = 4,
-    attention: bool = True,
     seed: int = 0,
     bf16_conditioner: bool = False,
-    spline_bins: int = 8,
-    mixture_components: int = 4,
     **common,
 ) -> MultiscaleFlow:
     """Glow (Kingma & Dhariwal, 2018). CIFAR-10 paper setting: levels=3, depth=32, width=512.
 
-    ``depth`` is K, the flow steps per level; ``mask="checkerboard"`` alternates the parity.
-    ``bf16_conditioner`` runs the coupling networks under bfloat16 autocast (logdets, priors
-    and 1×1 convolutions stay in the model's dtype). ``coupling="spline"`` gives a neural
-    spline flow (``spline_bins`` bins); ``coupling="mixture"`` with ``conditioner="flowpp"``
-    (``blocks``, ``heads``, ``attention``) and ``dequantization="variational"`` gives Flow++.
-    ``common``: the shared options of ``assemble`` (``prior`` defaults to ``learned``,
-    ``preprocess`` to ``shift``).
+    ``depth`` is K, the flow steps per level; spatial masks (``checkerboard``, ``stripe``)
+    alternate the parity. ``transform="spline"`` gives a neural spline flow;
+    ``transform="mixture"`` with ``conditioner="flowpp"`` and ``dequantization="variational"``
+    gives Flow++. ``width``/``blocks`` size a conditioner given by name (configs inject a
+    sized factory instead). ``bf16_conditioner`` runs the coupling networks under bfloat16
+    autocast (logdets, priors and 1×1 convolutions stay in the model's dtype). ``common``: the
+    shared options of ``assemble`` (``prior`` defaults to ``learned``, ``preprocess`` to
+    ``shift``).
     """
     image_shape = check_shape(image_shape, levels, squeezes=levels)
-    choose("coupling", coupling, TRANSFORMS)
     choose("mask", mask, MASKS)
-    choose("scale", scale, SCALES)
-    make_net = _conditioner(conditioner, width, blocks, heads, attention)
+    make_transform = transform_factory(transform)
+    make_net = _conditioner(conditioner, width, blocks)
 
     def step(c: int, level: int, k: int) -> list[Bijection]:
         return [
             ActNorm(c),
             _permutation(permutation, c, seed + 1000 * level + k),
-            Coupling(
-                c,
-                make_net,
-                mask,
-                coupling,
-                k,
-                scale,
-                bf16_conditioner,
-                spline_bins,
-                mixture_components=mixture_components,
-            ),
+            Coupling(c, make_net, mask, make_transform, k, bf16_conditioner),
         ]
 
     return assemble(image_shape, squeeze_levels(image_shape, levels, depth, step), **common)
@@ -121,11 +109,10 @@ def realnvp(
     image_shape: Shape,
     levels: int = 2,
     depth: int = 3,
+    transform: str | TransformFactory | None = None,
+    conditioner: str | Conditioner = "resnet",
     width: int = 64,
     blocks: int = 8,
-    coupling: str = "affine",
-    scale: str = "exp_tanh",
-    conditioner: str | Conditioner = "resnet",
     actnorm: bool = True,
     prior: str = "standard",
     preprocess: str = "logit",
@@ -134,18 +121,20 @@ def realnvp(
     """Real NVP (Dinh et al., 2017). CIFAR-10 paper setting: 2 scales, 8 residual blocks, 64
     features. ``depth`` couplings per mask type (3 in the paper; the last level has depth+1
     checkerboard couplings). ActNorm after each coupling stands in for the paper's batch norm.
+    ``transform`` defaults to the paper's affine with ``exp(a·tanh(h))`` scales.
     ``common``: the shared options of ``assemble``.
     """
     image_shape = check_shape(image_shape, levels, squeezes=levels - 1)
     check_positive("depth", depth)
-    choose("coupling", coupling, TRANSFORMS)
-    choose("scale", scale, SCALES)
+    make_transform = transform_factory(
+        functools.partial(Affine, scale="exp_tanh") if transform is None else transform
+    )
     make_net = _conditioner(conditioner, width, blocks)
 
     def couplings(channels: int, mask: str, count: int) -> list[Bijection]:
         layers: list[Bijection] = []
         for k in range(count):
-            layers.append(Coupling(channels, make_net, mask, coupling, parity=k, scale=scale))
+            layers.append(Coupling(channels, make_net, mask, make_transform, parity=k))
             if actnorm:
                 layers.append(ActNorm(channels))
         return layers
@@ -166,9 +155,9 @@ def nice(
     image_shape: Shape,
     levels: int = 2,
     depth: int = 4,
-    width: int = 128,
-    mask: str = "channel",
     conditioner: str | Conditioner = "glow",
+    mask: str = "channel",
+    width: int = 128,
     blocks: int = 2,
     prior: str = "standard",
     **common,

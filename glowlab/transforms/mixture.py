@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from glowlab.transforms.base import ElementwiseTransform
+
 CENTRE_SPREAD = 0.5
 LOG_SCALE_BOUND = 7.0
 BISECTION_STEPS = 100
@@ -119,3 +121,24 @@ def logistic_mixture_transform(
     if inverse:
         return x, log_derivative
     return (log_cdf - log_survival) * torch.exp(mix.log_out_scale) + mix.shift, log_derivative
+
+
+class LogisticMixture(ElementwiseTransform):
+    """Flow++'s logistic-mixture CDF with ``components`` components (``3K + 2`` parameters per
+    element); its inverse is a bisection, so ``exact_inverse`` is False and no gradient flows
+    through ``inverse``."""
+
+    exact_inverse = False
+
+    def __init__(self, channels: int | None = None, components: int = 4) -> None:
+        super().__init__(channels)
+        if not isinstance(components, int) or components < 1:
+            raise ValueError(f"mixture components={components!r} must be an integer >= 1")
+        self.components = components
+        self.n_params = 3 * components + 2
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return logistic_mixture_transform(x, params)
+
+    def inverse(self, z: Tensor, params: Tensor) -> Tensor:
+        return logistic_mixture_transform(z, params, inverse=True)[0]

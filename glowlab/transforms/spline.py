@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from glowlab.transforms.base import ElementwiseTransform
+from glowlab.validation import check_positive
+
 MIN_BIN = 1e-3
 MIN_DERIVATIVE = 1e-3
 _IDENTITY_SHIFT = math.log(math.expm1(1 - MIN_DERIVATIVE))  # softplus(0 + shift) + min = 1
@@ -73,3 +76,23 @@ def rational_quadratic_spline(
     log_derivative = torch.log(numerator) - 2 * torch.log(denominator)
     y = torch.where(inside, out, x)
     return y, torch.where(inside, log_derivative, torch.zeros_like(x))
+
+
+class Spline(ElementwiseTransform):
+    """Rational-quadratic spline with ``bins`` bins on ``[-bound, bound]``, identity outside
+    (neural spline flows); ``3·bins − 1`` parameters per element, all zeros the identity."""
+
+    def __init__(self, channels: int | None = None, bins: int = 8, bound: float = 3.0) -> None:
+        super().__init__(channels)
+        if not isinstance(bins, int) or bins < 2:
+            raise ValueError(f"spline bins={bins!r} must be an integer >= 2 (8 in the NSF paper)")
+        self.bins = bins
+        check_positive("bound", bound)
+        self.bound = bound
+        self.n_params = 3 * bins - 1
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return rational_quadratic_spline(x, params, self.bound)
+
+    def inverse(self, z: Tensor, params: Tensor) -> Tensor:
+        return rational_quadratic_spline(z, params, self.bound, inverse=True)[0]

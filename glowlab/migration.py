@@ -1,0 +1,248 @@
+"""Configs and checkpoints from before the composable-parts change (flat model options).
+
+Until glowlab 0.1 a model config was one flat namespace (``model.coupling=spline
+model.spline_bins=16 model.width=128``). The parts now have config groups of their own:
+``model/transform``, ``model/conditioner``, ``model/prior``, ``model/dequantization``, each node
+holding only its options (``model/transform=spline model.transform.bins=16``). So that a saved
+command never changes meaning silently:
+
+- ``check_overrides`` stops a command line that sets a key that went away, naming its new key;
+- ``check_model_config`` does the same for a composed config (experiment files, ``+key=``) and
+  refuses a part group replaced by a plain string (``model.prior=planar``: the preset's part
+  options would be dropped silently; ``model/prior=planar`` is meant);
+- ``translate_checkpoint`` rewrites the saved config and weights of an old checkpoint so the
+  tools load it with the same numbers; resuming training from one is refused
+  (``check_resumable``), since its optimizer state is laid out for the old parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+CHECKPOINT_FORMAT = 2
+"""``checkpoint["glowlab"]["format"]``: 2 since the composable parts; absent before."""
+
+PART_GROUPS = ("transform", "conditioner", "prior", "dequantization")
+COUPLING_RECIPES = ("glowlab.models.glow", "glowlab.models.realnvp", "glowlab.models.nice")
+
+MOVED_EVERYWHERE = {
+    "coupling": "model/transform=<affine|additive|spline|mixture>",
+    "scale": "model.transform.scale (model/transform=affine or affine_tanh)",
+    "spline_bins": "model/transform=spline model.transform.bins=<n>",
+    "tail_bound": "model/transform=spline model.transform.bound=<b>",
+    "mixture_components": "model/transform=mixture model.transform.components=<n>",
+    "planar_layers": "model/prior=planar model.prior.layers=<n>",
+    "dequantizer_width": "model/dequantization=variational model.dequantization.width=<n>",
+    "dequantizer_depth": "model/dequantization=variational model.dequantization.depth=<n>",
+    "max_log_scale": "model.transform.bound (model/transform=affine_centred)",
+}
+MOVED_FOR_COUPLINGS = {
+    "width": "model.conditioner.hidden",
+    "blocks": "model.conditioner.blocks",
+    "heads": "model.conditioner.heads",
+    "attention": "model.conditioner.attention",
+}
+
+
+def _moved_message(key: str, new: str) -> str:
+    return (
+        f"model.{key} is no longer an option: the parts of a flow step have config groups now; "
+        f"use {new} (see README, 'Composing a model')"
+    )
+
+
+def check_model_config(model: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the new key for a flat pre-0.2 key or a string-valued part
+    group in a composed model config."""
+    target = model.get("_target_", "")
+    moved = dict(MOVED_EVERYWHERE)
+    if target in COUPLING_RECIPES:
+        moved.update(MOVED_FOR_COUPLINGS)
+    for key, new in moved.items():
+        if key in model:
+            raise ValueError(_moved_message(key, new))
+    for group in PART_GROUPS:
+        if isinstance(model.get(group), str):
+            raise ValueError(
+                f"model.{group}={model[group]} replaces the whole {group} node with a string; "
+                f"choose the part with model/{group}={model[group]} (its options then live "
+                f"under model.{group}.*)"
+            )
+
+
+def check_overrides(overrides: Sequence[str], compose_error: Exception | None) -> None:
+    """Explain a failed composition caused by an override of a key that moved: raise
+    ``ValueError`` with the new key when ``compose_error`` names one of ``overrides``."""
+    if compose_error is None:
+        return
+    text = str(compose_error)
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if not key.startswith("model."):
+            continue
+        name = key.split(".")[1]
+        new = MOVED_EVERYWHERE.get(name) or MOVED_FOR_COUPLINGS.get(name)
+        if new is not None and f"'{key}'" in text:
+            raise ValueError(_moved_message(name, new))
+
+
+def moved_keys_in(overrides: Sequence[str]) -> list[str]:
+    """The overrides among ``overrides`` that set a ``model.<key>`` that moved."""
+    moved = set(MOVED_EVERYWHERE) | set(MOVED_FOR_COUPLINGS)
+    found = []
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key.startswith("model.") and key.split(".")[1] in moved:
+            found.append(override)
+    return found
+
+
+def guard_command_line(prog: str, config_dir: str, config_name: str, argv: Sequence[str]) -> None:
+    """Before a Hydra app composes: when the command line sets a key that moved and Hydra
+    could not compose it, exit 1 with one line naming the new key (instead of Hydra's "Key
+    not in struct"). Anything else is left to Hydra."""
+    overrides = [arg for arg in argv if "=" in arg and not arg.startswith("-")]
+    if not moved_keys_in(overrides):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir, version_base="1.3"):
+            compose(config_name, overrides=overrides)
+    except Exception as error:  # noqa: BLE001 - only a moved key is explained here
+        try:
+            check_overrides(overrides, error)
+        except ValueError as moved:
+            raise SystemExit(f"{prog}: error: {moved}") from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+# ---------------------------------------------------------------------- checkpoints
+def is_legacy(checkpoint: Mapping[str, Any]) -> bool:
+    """True for a checkpoint written before the composable parts (no format number)."""
+    return "format" not in checkpoint.get("glowlab", {})
+
+
+def check_resumable(checkpoint: Mapping[str, Any], path: str) -> None:
+    """Refuse to resume training from a pre-0.2 checkpoint, in one line."""
+    if is_legacy(checkpoint):
+        raise ValueError(
+            f"{path} predates glowlab's composable model parts (flat model options): the tools "
+            "load it (its config is translated), but training cannot resume from it because "
+            "its optimizer state is laid out for the old parameters; start a new run"
+        )
+
+
+def _transform_node(old: Mapping[str, Any], target: str) -> dict[str, Any]:
+    if target == "glowlab.models.maf":
+        return {
+            "_target_": "glowlab.transforms.Affine",
+            "_partial_": True,
+            "scale": "soft_clamp",
+            "centred": True,
+            "bound": old.get("max_log_scale", 3.0),
+        }
+    if target == "glowlab.models.nice":
+        return {}
+    kind = old.get("coupling", "affine")
+    node: dict[str, Any] = {"_partial_": True}
+    if kind == "affine":
+        default_scale = "exp_tanh" if target == "glowlab.models.realnvp" else "sigmoid"
+        node.update(_target_="glowlab.transforms.Affine", scale=old.get("scale", default_scale))
+    elif kind == "additive":
+        node.update(_target_="glowlab.transforms.Additive")
+    elif kind == "spline":
+        node.update(
+            _target_="glowlab.transforms.Spline",
+            bins=old.get("spline_bins", 8),
+            bound=old.get("tail_bound", 3.0),
+        )
+    else:
+        node.update(
+            _target_="glowlab.transforms.LogisticMixture",
+            components=old.get("mixture_components", 4),
+        )
+    return node
+
+
+_CONDITIONERS = {
+    "glow": ("GlowConditioner", ()),
+    "resnet": ("ResNetConditioner", ("blocks",)),
+    "flowpp": ("FlowPPConditioner", ("blocks", "heads", "attention")),
+}
+_DEFAULT_CONDITIONER = {
+    "glowlab.models.glow": ("glow", 512, 2),
+    "glowlab.models.realnvp": ("resnet", 64, 8),
+    "glowlab.models.nice": ("glow", 128, 2),
+}
+
+
+def _conditioner_node(old: Mapping[str, Any], target: str) -> dict[str, Any]:
+    kind, width, blocks = _DEFAULT_CONDITIONER[target]
+    kind = old.get("conditioner", kind)
+    name, options = _CONDITIONERS[kind]
+    node = {
+        "_target_": f"glowlab.bijections.conditioners.{name}",
+        "_partial_": True,
+        "hidden": old.get("width", width),
+    }
+    defaults = {"blocks": blocks, "heads": 4, "attention": True}
+    node.update({option: old.get(option, defaults[option]) for option in options})
+    return node
+
+
+def translate_model_config(old: Mapping[str, Any]) -> dict[str, Any]:
+    """A pre-0.2 flat model config as the equivalent composed one."""
+    target = old.get("_target_", "")
+    new = {k: v for k, v in old.items() if k not in MOVED_EVERYWHERE and k not in PART_GROUPS}
+    if target in COUPLING_RECIPES:
+        for key in MOVED_FOR_COUPLINGS:
+            new.pop(key, None)
+        new["conditioner"] = _conditioner_node(old, target)
+    transform = _transform_node(old, target)
+    if transform:
+        new["transform"] = transform
+    new["prior"] = {
+        "_target_": "glowlab.models.parts.PriorChoice",
+        "kind": old.get("prior", "learned"),
+        "layers": old.get("planar_layers", 4),
+    }
+    new["dequantization"] = {
+        "_target_": "glowlab.models.parts.DequantizationChoice",
+        "kind": old.get("dequantization", "uniform"),
+        "width": old.get("dequantizer_width", 32),
+        "depth": old.get("dequantizer_depth", 4),
+    }
+    return new
+
+
+def translate_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A pre-0.2 checkpoint with its model config translated and its weights renamed (the
+    couplings' ``tanh_scale (1, C, 1, 1)`` is now ``transform.tanh_scale (C,)``); a current
+    checkpoint is returned unchanged."""
+    if not is_legacy(checkpoint):
+        return checkpoint
+    checkpoint = copy.copy(checkpoint)
+    meta = dict(checkpoint["glowlab"])
+    config = dict(meta.get("config") or {})
+    if "model" in config:
+        config["model"] = translate_model_config(config["model"])
+    meta["config"] = config
+    checkpoint["glowlab"] = meta
+    if "state_dict" in checkpoint:
+        checkpoint["state_dict"] = {
+            _renamed(key): value.reshape(-1) if key.endswith(".tanh_scale") else value
+            for key, value in checkpoint["state_dict"].items()
+        }
+    return checkpoint
+
+
+def _renamed(key: str) -> str:
+    if key.endswith(".tanh_scale") and not key.endswith(".transform.tanh_scale"):
+        return key.removesuffix("tanh_scale") + "transform.tanh_scale"
+    return key

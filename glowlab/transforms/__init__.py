@@ -1,0 +1,42 @@
+"""Elementwise transforms: what maps one element given its parameters (see ``base``).
+
+``BUILTIN`` names the built-in ones for the Python API's string shortcuts
+(``glowlab.glow(transform="spline")``); configs name them by ``_target_``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from glowlab.transforms.affine import Additive, Affine
+from glowlab.transforms.base import ElementwiseTransform, TransformFactory
+from glowlab.transforms.mixture import LogisticMixture
+from glowlab.transforms.spline import Spline
+from glowlab.validation import choose
+
+BUILTIN: dict[str, TransformFactory] = {
+    "affine": Affine,
+    "additive": Additive,
+    "spline": Spline,
+    "mixture": LogisticMixture,
+}
+
+
+def transform_factory(transform: str | TransformFactory, **options) -> TransformFactory:
+    """A factory ``(channels=C) -> ElementwiseTransform`` from a built-in name (with its
+    ``options``, e.g. ``bins=16``) or a factory, returned as is (options bound if given)."""
+    if isinstance(transform, str):
+        transform = BUILTIN[choose("transform", transform, tuple(BUILTIN))]
+    return functools.partial(transform, **options) if options else transform
+
+
+__all__ = [
+    "BUILTIN",
+    "Additive",
+    "Affine",
+    "ElementwiseTransform",
+    "LogisticMixture",
+    "Spline",
+    "TransformFactory",
+    "transform_factory",
+]
