@@ -13,19 +13,24 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from glowlab.cli import run_cli
-from glowlab.training.callbacks import SampleGrid
-from glowlab.training.checkpoints import load_checkpoint
-from glowlab.training.run import RunObjects, build_run
+from glowlab.migration import check_model_config, check_resumable, guard_command_line
+from glowlab.training.callbacks import SampleGrid, StopOnSignal, TrainingInterrupted
+from glowlab.training.checkpoints import check_config_unchanged, checkpoint_step, load_checkpoint
+from glowlab.training.run import RunObjects, build_run, slurm_requeued
 
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 log = logging.getLogger("glowlab.train")
@@ -49,27 +54,99 @@ def _sample_grid_path(trainer: L.Trainer) -> str | None:
     return None
 
 
+def resume_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path``; in a requeued SLURM job without one, the run's own ``last.ckpt`` when it
+    is at least as new as Lightning's ``hpc_ckpt_*.ckpt`` (which Lightning picks otherwise)."""
+    if cfg.ckpt_path is not None or not slurm_requeued():
+        return cfg.ckpt_path
+    checkpoints = Path(cfg.paths.output_dir)
+    last = checkpoints / "checkpoints" / "last.ckpt"
+    hpc = [checkpoint_step(p) or -1 for p in checkpoints.glob("hpc_ckpt_*.ckpt")]
+    step = checkpoint_step(last)
+    return str(last) if step is not None and step >= max(hpc, default=-1) else None
+
+
+def check_resume(cfg: DictConfig, ckpt_path: str) -> None:
+    """Clear errors before Lightning's: a readable glowlab checkpoint whose model and data
+    config match this run's (except ``allow_config_change`` keys)."""
+    checkpoint = load_checkpoint(ckpt_path)
+    check_resumable(checkpoint, ckpt_path)
+    current = OmegaConf.to_container(cfg, resolve=True)
+    allowed = list(cfg.get("allow_config_change") or [])
+    check_config_unchanged(checkpoint, current, allowed, what=f"resume from {ckpt_path}")
+
+
+def resume_command(cfg: DictConfig, ckpt_path: str) -> str:
+    """``glowlab-train <this run's overrides> ckpt_path=<abs path>``, shell-quoted."""
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    kept = [o for o in overrides if not o.lstrip("+~").startswith("ckpt_path=")]
+    args = [*kept, f"ckpt_path={Path(ckpt_path).resolve()}"]
+    return " ".join(["glowlab-train", *(shlex.quote(a) for a in args)])
+
+
+def _interruption(run: RunObjects) -> TrainingInterrupted | None:
+    for callback in run.trainer.callbacks:
+        if isinstance(callback, StopOnSignal) and callback.interrupted is not None:
+            return callback.interrupted
+    return None
+
+
+def stop_interrupted(cfg: DictConfig, stop: TrainingInterrupted) -> NoReturn:
+    """One line (saved checkpoint and how to resume), then exit with ``128 + signal``."""
+    if stop.path is not None:
+        print(
+            f"glowlab: stopped by {stop.name} at step {stop.step}; resume with: "
+            f"{resume_command(cfg, stop.path)}",
+            file=sys.stderr,
+            flush=True,
+        )
+    else:
+        print(
+            f"glowlab: stopped by {stop.name} at step {stop.step}; no checkpoint could be "
+            "written (no checkpoint callback, or the loss had gone NaN/Inf)",
+            file=sys.stderr,
+            flush=True,
+        )
+    raise SystemExit(128 + stop.signum)
+
+
+def _nonfinite_message(cfg: DictConfig, step: int) -> str:
+    last = (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").resolve()
+    saved = checkpoint_step(last) if last.is_file() else None
+    where, then = (
+        (f"The last good weights are in {last} (step {saved})", f"resume with ckpt_path={last}")
+        if saved is not None
+        else ("No checkpoint was written before that step", "start again")
+    )
+    return (
+        f"the loss became NaN/Inf at step {step}; training stopped before that update. {where}. "
+        "Lower module.optimizer.lr, raise module.scheduler.warmup_steps, or lower "
+        f"trainer.gradient_clip_val, then {then}"
+    )
+
+
 def fit_and_test(cfg: DictConfig, run: RunObjects) -> dict[str, Any]:
     """Fit (optionally resuming), test the best checkpoint, return the run's metrics."""
     trainer, module, datamodule = run.trainer, run.module, run.datamodule
     started = time.perf_counter()
     metrics: dict[str, Any] = {}
-    if cfg.ckpt_path is not None:
-        load_checkpoint(cfg.ckpt_path)  # clear errors before Lightning's
+    ckpt_path = resume_path(cfg)
+    if ckpt_path is not None:
+        check_resume(cfg, ckpt_path)
     if cfg.train:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        except (TrainingInterrupted, SIGTERMException) as error:
+            stop = error if isinstance(error, TrainingInterrupted) else _interruption(run)
+            if stop is None:
+                raise
+            stop_interrupted(cfg, stop)
         if module.nonfinite_step is not None:
-            last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-            raise FloatingPointError(
-                f"the loss became NaN/Inf at step {module.nonfinite_step}; training stopped "
-                f"before that update. The last good weights are in {last}. Lower "
-                "module.optimizer.lr, raise module.scheduler.warmup_steps, or lower "
-                "trainer.gradient_clip_val, then resume with ckpt_path=<that file>"
-            )
+            raise FloatingPointError(_nonfinite_message(cfg, module.nonfinite_step))
         metrics["val/bpd"] = _metric(trainer, "val/bpd")
         metrics["train/bpd"] = _metric(trainer, "train/bpd")
     if cfg.test:
-        best = _best_checkpoint(trainer) if cfg.train else cfg.ckpt_path
+        best = _best_checkpoint(trainer) if cfg.train else ckpt_path
         trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False)
         metrics["test/bpd"] = _metric(trainer, "test/bpd")
         metrics["test_checkpoint"] = best
@@ -87,23 +164,21 @@ def fit_and_test(cfg: DictConfig, run: RunObjects) -> dict[str, Any]:
 
 
 def _log_hparams(cfg: DictConfig, run: RunObjects, metrics: dict[str, Any]) -> None:
-    """Send the resolved config and the final bpd to the loggers (TensorBoard's HPARAMS tab)."""
+    """Send the resolved config and the final bpd to the loggers: TensorBoard's HPARAMS tab
+    gets the config as hparams and ``hp/val_bpd``, ``hp/test_bpd`` as its metrics."""
     flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
     final = {
-        f"hp/{k.replace('/', '_')}": v
+        f"hp/{k.replace('/', '_')}": float(v)
         for k, v in metrics.items()
         if k.endswith("bpd") and v is not None
     }
     for logger in run.trainer.loggers:
-        if hasattr(logger, "log_hyperparams"):
-            if (
-                final
-                and hasattr(logger.log_hyperparams, "__code__")
-                and "metrics" in logger.log_hyperparams.__code__.co_varnames
-            ):
-                logger.log_hyperparams(flat, metrics=final)
-            else:
-                logger.log_hyperparams(flat)
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(flat, metrics=final or None)
+        else:
+            logger.log_hyperparams(flat)
+            if final:
+                logger.log_metrics(final, step=metrics.get("steps", 0))
         logger.finalize("success")
 
 
@@ -119,6 +194,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job from a composed config; returns its metrics (also metrics.json)."""
+    check_model_config(cfg.model)
     run = build_run(cfg)
     metrics = fit_and_test(cfg, run)
     if run.trainer.is_global_zero:
@@ -136,10 +212,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def _app(cfg: DictConfig) -> float | None:
     metrics = run_cli("glowlab-train", train, cfg)
     value = metrics.get(cfg.get("optimized_metric", "val/bpd"))
     return None if value is None else float(value)
+
+
+def main() -> None:
+    """``glowlab-train``: a saved command with a pre-0.2 flat model key stops naming its new
+    key (``glowlab.migration``) before Hydra composes."""
+    guard_command_line("glowlab-train", CONFIG_DIR, "train", sys.argv[1:])
+    _app()
 
 
 if __name__ == "__main__":

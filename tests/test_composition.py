@@ -66,7 +66,7 @@ def test_preset_log_prob_is_unchanged_by_the_refactor(name: str) -> None:
     """float64 log p(x) of real images, after ActNorm init and a seeded perturbation, equals
     the value the code before the composable parts gave (tests/data/preset_log_probs.json)."""
     model, shape = build(name, [f"model.{k}={v}" for k, v in SMALL.items()])
-    got = torch.tensor(reference_log_prob(model, real_images(shape)))
+    got = torch.tensor(reference_log_prob(model, real_images(shape)), dtype=torch.float64)
     expected = torch.tensor(REFERENCE_VALUES[name], dtype=torch.float64)
     assert torch.allclose(got, expected, atol=1e-6, rtol=0), (name, got - expected)
 
@@ -76,7 +76,7 @@ def test_python_api_builds_the_same_model_as_the_config(name: str) -> None:
     shape = model_config_shape(name)
     torch.manual_seed(0)
     model = PYTHON_API[name](shape)
-    got = torch.tensor(reference_log_prob(model, real_images(shape)))
+    got = torch.tensor(reference_log_prob(model, real_images(shape)), dtype=torch.float64)
     expected = torch.tensor(REFERENCE_VALUES[name], dtype=torch.float64)
     assert torch.allclose(got, expected, atol=1e-6, rtol=0), (name, got - expected)
 

@@ -16,8 +16,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from glowlab.cli import user_error
 from glowlab.data import ImageDataModule
 from glowlab.data.datamodule import BatchTransform
+from glowlab.migration import translate_checkpoint
 from glowlab.models.multiscale import MultiscaleFlow
-from glowlab.training.checkpoints import load_checkpoint
+from glowlab.training.checkpoints import check_config_unchanged, load_checkpoint
 from glowlab.validation import choose
 
 SPLITS = ("train", "val", "test")
@@ -49,7 +50,7 @@ def load_flow(
     The model is rebuilt from ``checkpoint["glowlab"]["config"]["model"]`` with the saved
     ``image_shape`` and ``n_bits``, then given the ``model.*`` weights of ``state_dict``.
     """
-    checkpoint = load_checkpoint(ckpt_path)
+    checkpoint = translate_checkpoint(load_checkpoint(ckpt_path))
     meta = checkpoint["glowlab"]
     config = meta.get("config") or {}
     if "model" not in config or "state_dict" not in checkpoint:
@@ -71,6 +72,33 @@ def load_flow(
             f"({str(error).splitlines()[0]}); was the checkpoint edited?"
         ) from None
     return model.to(resolve_device(str(device))).eval(), config
+
+
+def check_run_config(
+    ckpt_path: str | Path,
+    current: DictConfig | dict[str, Any],
+    allowed: Sequence[str] = (),
+    what: str = "evaluate",
+) -> None:
+    """Refuse a tool's ``model``/``data`` config that differs from the one saved in the
+    checkpoint in a way that changes the model (``ValueError`` listing the keys); keys in
+    ``allowed`` (a whole section by its name, ``"*"`` for any) are accepted. Only sections
+    present in ``current`` are compared, and null values mean "as saved"."""
+    if isinstance(current, DictConfig):
+        current = OmegaConf.to_container(current, resolve=True)
+    checkpoint = translate_checkpoint(load_checkpoint(ckpt_path))
+    saved = checkpoint["glowlab"].get("config") or {}
+    sections = tuple(s for s in ("model", "data") if s in current and s in saved)
+    given = {s: _as_saved(saved[s], current[s]) for s in sections}
+    check_config_unchanged(checkpoint, given, list(allowed), what=what, sections=sections)
+
+
+def _as_saved(saved: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` with the non-null values of ``given`` on top (a choice of ``_target_``
+    replaces it whole)."""
+    if "_target_" in given:
+        return dict(given)
+    return {**saved, **{k: v for k, v in given.items() if v is not None}}
 
 
 def build_datamodule(

@@ -1,11 +1,14 @@
-"""Callbacks: sample grids at several temperatures, and an invertibility monitor."""
+"""Callbacks: sample grids, an invertibility monitor, checkpoints, and stopping at a signal."""
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
@@ -99,20 +102,138 @@ class ReconstructionMonitor(L.Callback):
 
 
 class GuardedModelCheckpoint(ModelCheckpoint):
-    """Lightning's ``ModelCheckpoint`` (atomic writes, best + ``last.ckpt``) with two changes:
+    """Lightning's ``ModelCheckpoint`` (best by ``monitor`` + ``last.ckpt``) with ``last.ckpt``
+    always the latest state:
 
+    - ``last.ckpt`` is written at every checkpoint event (each validation, improved or not),
+      every ``last_every_n_steps`` optimizer steps, and when training ends (``max_steps`` or
+      ``max_time`` reached mid-epoch) — each write atomic through ``AtomicCheckpointIO``;
     - nothing is written once the loss has gone non-finite, so ``last.ckpt`` keeps the last
-      good weights;
-    - ``last.ckpt`` is also written when training ends between validations (``max_steps`` or
-      ``max_time`` reached mid-epoch), so the final weights are never lost.
+      good weights.
+
+    Args:
+        last_every_n_steps: also rewrite ``last.ckpt`` every N optimizer steps (None: only at
+            checkpoint events and the end).
     """
+
+    def __init__(self, *args, last_every_n_steps: int | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if last_every_n_steps is not None and (
+            isinstance(last_every_n_steps, bool)
+            or not isinstance(last_every_n_steps, int)
+            or last_every_n_steps < 1
+        ):
+            raise ValueError(
+                f"last_every_n_steps={last_every_n_steps!r} must be a positive integer or null; "
+                "set callbacks.model_checkpoint.last_every_n_steps"
+            )
+        self.last_every_n_steps = last_every_n_steps
+        self.last_saved_step: int | None = None
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         if getattr(trainer.lightning_module, "nonfinite_step", None) is not None:
             return
         super()._save_checkpoint(trainer, filepath)
+        if Path(filepath).stem.startswith(self.CHECKPOINT_NAME_LAST):
+            self.last_saved_step = trainer.global_step
+
+    def save_last_now(self, trainer: L.Trainer) -> str | None:
+        """Write ``last.ckpt`` now (no effect on when the best checkpoint is written)."""
+        if not self.save_last or trainer.fast_dev_run or trainer.sanity_checking:
+            return None
+        step_saved = self._last_global_step_saved
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._last_global_step_saved = step_saved  # let validation still save the best
+        return self.last_model_path or None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        every, step = self.last_every_n_steps, trainer.global_step
+        if every and step % every == 0 and self.last_saved_step != step:
+            self.save_last_now(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if trainer.state.fn == "fit" and self.last_saved_step != trainer.global_step:
+            self.save_last_now(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self.last_saved_step != trainer.global_step and not trainer.fast_dev_run:
+            self.save_last_now(trainer)
+
+
+class StopOnSignal(L.Callback):
+    """SIGTERM or SIGINT during training: finish the current batch, write a resumable
+    ``last.ckpt`` (the state between two batches, like a step checkpoint) and raise
+    :class:`TrainingInterrupted`, which ``glowlab-train`` turns into one line with the resume
+    command and exit status ``128 + signal``.
+
+    Lightning's own SIGTERM handler (which stops at the next batch end without saving, or in
+    the middle of a validation) is composed with this one; a second SIGINT aborts at once
+    without saving.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, fallback_path: str) -> None:
+        self.fallback_path = fallback_path
+        self.received: int | None = None
+        self.interrupted: TrainingInterrupted | None = None
+        self._previous: dict[int, object] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or threading.current_thread() is not threading.main_thread():
+            return
+        self.received = None
+        self.interrupted = None
+        environment = getattr(trainer.strategy, "cluster_environment", None)
+        if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
+            # submitit's handler for the requeue signal would keep Lightning's from installing
+            signal.signal(environment.requeue_signal, signal.SIG_DFL)
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handler)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for signum, handler in self._previous.items():
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signum, handler)
+        self._previous = {}
+
+    def _handler(self, signum: int, frame) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl+C: stop now, without saving
+        self.received = signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.received is not None:
+            self._stop(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # Lightning's SIGTERM handling may stop inside a validation, between two batches
+        expected = not isinstance(exception, TrainingInterrupted | KeyboardInterrupt)
+        if self.received is not None and expected:
+            self._stop(trainer, raise_=False)
+
+    def _stop(self, trainer: L.Trainer, raise_: bool = True) -> None:
+        signum = int(self.received)
+        path = None
+        checkpoint = trainer.checkpoint_callback
+        if isinstance(checkpoint, GuardedModelCheckpoint):
+            path = checkpoint.save_last_now(trainer)
+        elif getattr(trainer.lightning_module, "nonfinite_step", None) is None:
+            trainer.save_checkpoint(self.fallback_path)
+            path = self.fallback_path
+        self.interrupted = TrainingInterrupted(signum, path, trainer.global_step)
+        if raise_:
+            raise self.interrupted
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped at a signal; ``path`` is the resumable checkpoint (None: none)."""
+
+    def __init__(self, signum: int, path: str | None, step: int) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} at step {step}; checkpoint {path}")
+        self.signum, self.path, self.step, self.name = signum, path, step, name

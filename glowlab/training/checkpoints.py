@@ -1,11 +1,24 @@
-"""Loading glowlab checkpoints safely, with clear errors for anything else."""
+"""Glowlab checkpoints: safe loading with clear errors, atomic writes, and config checks."""
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+# Keys of the data config that change neither the model nor the training data order.
+SAFE_DATA_KEYS = frozenset({"root", "download", "num_workers", "eval_batch_size"})
+
+
+class CheckpointWriteError(OSError, ValueError):
+    """A checkpoint could not be written (full disk, no permission); the previous one is intact.
+
+    A ``ValueError`` too, so the command-line apps report it as one ``error:`` line.
+    """
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -19,12 +32,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"checkpoint {path} does not exist; pass the path of a glowlab checkpoint, "
             "e.g. logs/train/runs/<time>/checkpoints/last.ckpt"
         )
+    if path.stat().st_size == 0:
+        raise ValueError(
+            f"checkpoint {path} is empty (0 bytes; an interrupted copy or a full disk?); "
+            "pass another checkpoint of the run, e.g. its best or an earlier last.ckpt"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for foreign or corrupt files
+        first_line = next(iter(str(error).splitlines()), "")
         raise ValueError(
             f"{path} is not a readable glowlab checkpoint ({type(error).__name__}: "
-            f"{str(error).splitlines()[0][:200]}); pass a .ckpt written by glowlab-train"
+            f"{first_line[:200]}); pass a .ckpt written by glowlab-train"
         ) from None
     if not isinstance(checkpoint, dict) or "glowlab" not in checkpoint:
         raise ValueError(
@@ -32,3 +51,118 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "pass a .ckpt written by glowlab-train"
         )
     return checkpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes every checkpoint atomically: to ``.<name>.tmp`` in the target's own directory,
+    flushed and fsync'ed, then ``os.replace``'d over the target (and the directory fsync'ed).
+
+    A CheckpointIO plugin rather than a ModelCheckpoint override because every write goes
+    through it: ``ModelCheckpoint`` (best and ``last.ckpt``), ``trainer.save_checkpoint`` at a
+    signal, and Lightning's SLURM ``hpc_ckpt_*.ckpt``. A failed write (``ENOSPC``, ``EACCES``)
+    removes the temporary file, leaves the previous checkpoint untouched and raises
+    :class:`CheckpointWriteError` naming the file.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        target = Path(path)
+        tmp = target.with_name(f".{target.name}.tmp")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            reason = "the disk is full" if error.errno == errno.ENOSPC else error.strerror
+            raise CheckpointWriteError(
+                error.errno,
+                f"could not write checkpoint {target} ({reason or error}); the previous "
+                f"checkpoint in {target.parent} is unchanged. Free space or fix permissions, "
+                "then resume with ckpt_path=<the last checkpoint there>",
+            ) from None
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist a rename: fsync the directory (not possible on every platform)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> ``{"a.b.c": leaf}`` (lists stay leaves)."""
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def config_differences(
+    saved: dict[str, Any], current: dict[str, Any], sections: tuple[str, ...] = ("model", "data")
+) -> dict[str, tuple[Any, Any]]:
+    """``{"model.depth": (saved, current), ...}`` for every differing key of ``sections``,
+    except data keys that change neither the model nor the data order (``SAFE_DATA_KEYS``)."""
+    diffs: dict[str, tuple[Any, Any]] = {}
+    for section in sections:
+        old = flatten(saved.get(section) or {}, section)
+        new = flatten(current.get(section) or {}, section)
+        for key in sorted(old.keys() | new.keys()):
+            if section == "data" and key.split(".")[1] in SAFE_DATA_KEYS:
+                continue
+            missing = "<unset>"
+            if old.get(key, missing) != new.get(key, missing):
+                diffs[key] = (old.get(key, missing), new.get(key, missing))
+    return diffs
+
+
+def check_config_unchanged(
+    checkpoint: dict[str, Any],
+    current: dict[str, Any],
+    allowed: list[str] | tuple[str, ...] = (),
+    what: str = "resume",
+    sections: tuple[str, ...] = ("model", "data"),
+) -> None:
+    """Refuse (``ValueError`` listing the keys) when ``current`` differs from the config saved
+    in ``checkpoint`` in its ``sections``, except keys in ``allowed`` (``"*"``: any key)."""
+    saved = (checkpoint.get("glowlab") or {}).get("config") or {}
+    if not saved or "*" in allowed:
+        return
+    diffs = {
+        k: v
+        for k, v in config_differences(saved, current, sections).items()
+        if k not in allowed and k.split(".")[0] not in allowed
+    }
+    if not diffs:
+        return
+    listed = ", ".join(
+        f"{key} ({old!r} in the checkpoint, now {new!r})" for key, (old, new) in diffs.items()
+    )
+    raise ValueError(
+        f"cannot {what}: the config differs from the checkpoint's in {listed}. Drop those "
+        f"overrides, or accept the change with allow_config_change=[{','.join(diffs)}]"
+    )
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """The ``global_step`` saved in ``path``, or None when it is missing or unreadable."""
+    try:
+        return int(load_checkpoint(path).get("global_step"))
+    except (OSError, ValueError, TypeError):
+        return None

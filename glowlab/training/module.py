@@ -12,6 +12,7 @@ from torchmetrics import MeanMetric
 
 from glowlab.bijections.actnorm import ActNorm
 from glowlab.compilation import compile_levels
+from glowlab.migration import CHECKPOINT_FORMAT
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.training.rng import capture_rng_state, restore_rng_state
 from glowlab.validation import check_positive
@@ -28,11 +29,11 @@ class FlowModule(L.LightningModule):
     """Trains a ``MultiscaleFlow`` by ``model.objective`` (mean bpd for maximum-likelihood
     flows) and validates and tests by ``model.bpd_parts``, the true likelihood.
 
-    Logs ``train/<each objective term>``, ``{val,test}/bpd`` and its parts, ``*/prior_bpd`` (from ``log p(z)``),
-    ``*/logdet_bpd`` (from the logdet, including the dequantisation's ``n_bits``) and
-    ``*/dequant_bpd`` (from ``-log q(u|x)`` of a variational dequantizer; 0 for uniform), so
-    ``bpd = prior_bpd + logdet_bpd + dequant_bpd``. Validation and test use a fixed noise
-    draw per batch, so their bpd is reproducible.
+    Logs ``train/<each objective term>``, ``{val,test}/bpd`` and its parts: ``*/prior_bpd``
+    (from ``log p(z)``), ``*/logdet_bpd`` (from the logdet, including the dequantisation's
+    ``n_bits``) and ``*/dequant_bpd`` (from ``-log q(u|x)`` of a variational dequantizer; 0
+    for uniform), so ``bpd = prior_bpd + logdet_bpd + dequant_bpd``. Validation and test use
+    a fixed noise draw per batch, so their bpd is reproducible.
 
     Args:
         model: the flow.
@@ -74,16 +75,25 @@ class FlowModule(L.LightningModule):
         self.ranks_agree: dict[str, bool] = {}
         self.nonfinite_step: int | None = None  # set when the loss goes NaN/Inf
         self.run_config: dict[str, Any] = {}
+        self.total_steps: int | None = None  # of the LR schedule; restored on resume
 
     # ---------------------------------------------------------------- set-up
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(self.parameters())
         config: dict[str, Any] = {"optimizer": optimizer}
         if self.scheduler_factory is not None:
-            total = int(self.trainer.estimated_stepping_batches)
+            total = self.schedule_total_steps()
             schedule = self.scheduler_factory(optimizer, total_steps=total)
             config["lr_scheduler"] = {"scheduler": schedule, "interval": "step"}
         return config
+
+    def schedule_total_steps(self) -> int:
+        """Optimizer steps the LR schedule spans: the run's estimate when it starts, and the
+        value saved in the checkpoint when it resumes (so the schedule is the original one
+        even if ``max_steps``/``max_epochs`` or the data changed)."""
+        if self.total_steps is None:
+            self.total_steps = int(self.trainer.estimated_stepping_batches)
+        return self.total_steps
 
     def on_train_start(self) -> None:
         if not self.actnorms_initialized():
@@ -169,6 +179,8 @@ class FlowModule(L.LightningModule):
             "image_shape": list(self.model.image_shape),
             "n_bits": self.model.n_bits,
             "config": self.run_config,
+            "total_steps": self.total_steps,
+            "format": CHECKPOINT_FORMAT,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -180,4 +192,6 @@ class FlowModule(L.LightningModule):
         # Resume the random streams where the interrupted run saved them. Nothing before the
         # first training batch draws from them: evaluation uses its own generators.
         restore_rng_state(checkpoint["glowlab"]["rng_state"])
+        # on_load_checkpoint runs before configure_optimizers: the schedule keeps its length
+        self.total_steps = checkpoint["glowlab"].get("total_steps")
 

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from glowlab.data import ImageDataModule
 from glowlab.models.multiscale import MultiscaleFlow
+from glowlab.training.callbacks import StopOnSignal
+from glowlab.training.checkpoints import AtomicCheckpointIO
+from glowlab.training.data_order import make_train_order_resumable
 from glowlab.training.module import FlowModule
 from glowlab.validation import check_positive
+
+log = logging.getLogger("glowlab.train")
+# Callbacks that need a logger; dropped (with a note) when the run has none.
+NEEDS_LOGGER = (LearningRateMonitor,)
+# The signal SLURM sends before a time limit or preemption (submitit's --signal=USR2@delay,
+# changed by submitit's SUBMITIT_PREEMPT_SIGNAL).
+SLURM_REQUEUE_SIGNAL = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
 
 
 @dataclass
@@ -32,6 +50,50 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(
             "trainer.max_steps=0 trains nothing; use -1 (no limit) or a positive value"
         )
+    check_n_bits(cfg)
+
+
+def _overridden(key: str) -> bool:
+    """True when ``key=...`` was given on the command line (Hydra's task overrides)."""
+    if not HydraConfig.initialized():
+        return False
+    names = (o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task)
+    return key in names
+
+
+def check_n_bits(cfg: DictConfig) -> None:
+    """The model is built for the data's bit depth: an explicit ``model.n_bits`` that
+    disagrees with ``data.n_bits`` is refused (the presets' own value yields to the data)."""
+    model_bits, data_bits = cfg.model.get("n_bits"), cfg.data.get("n_bits")
+    if model_bits is None or model_bits == data_bits or not _overridden("model.n_bits"):
+        return
+    raise ValueError(
+        f"model.n_bits={model_bits} disagrees with data.n_bits={data_bits}; the model is built "
+        f"for the data's bit depth, so set data.n_bits={model_bits} (and drop model.n_bits)"
+    )
+
+
+def check_writable(directories: list[str | Path]) -> None:
+    """Create each directory and write a probe file there; ``ValueError`` naming the first
+    that fails, before any training time is spent."""
+    for directory in dict.fromkeys(str(d) for d in directories if d):
+        try:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+                pass
+        except OSError as error:
+            raise ValueError(
+                f"output directory {directory} is not writable ({error.strerror or error}); "
+                "pick a writable place with hydra.run.dir=<dir> or paths.root_dir=<dir>"
+            ) from None
+
+
+def output_directories(trainer: L.Trainer, cfg: DictConfig) -> list[str]:
+    """Where the run will write: its output dir, callbacks' ``dirpath``s, loggers' dirs."""
+    dirs = [str(cfg.paths.output_dir)]
+    dirs += [str(c.dirpath) for c in trainer.callbacks if getattr(c, "dirpath", None)]
+    dirs += [str(lg.save_dir) for lg in trainer.loggers if getattr(lg, "save_dir", None)]
+    return dirs
 
 
 def instantiate_nodes(nodes: DictConfig | None) -> list:
@@ -58,6 +120,27 @@ def build_model(cfg: DictConfig, datamodule: ImageDataModule) -> MultiscaleFlow:
     )
 
 
+def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
+    """The configured callbacks (minus those that need a logger when there is none) and
+    :class:`StopOnSignal`, which makes SIGTERM/SIGINT save a resumable ``last.ckpt``."""
+    callbacks = instantiate_nodes(cfg.get("callbacks"))
+    if not has_logger:
+        dropped = [type(c).__name__ for c in callbacks if isinstance(c, NEEDS_LOGGER)]
+        if dropped:
+            log.info("no logger: leaving out %s", ", ".join(dropped))
+        callbacks = [c for c in callbacks if not isinstance(c, NEEDS_LOGGER)]
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    return [*callbacks, StopOnSignal(str(last))]
+
+
+def build_plugins() -> list:
+    """Atomic checkpoint writes; on SLURM, Lightning's auto-requeue on ``SIGUSR2``."""
+    plugins: list = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=True, requeue_signal=SLURM_REQUEUE_SIGNAL))
+    return plugins
+
+
 def build_run(cfg: DictConfig) -> RunObjects:
     """Seed every generator with ``cfg.seed``, then build the run's objects."""
     check_config(cfg)
@@ -66,9 +149,21 @@ def build_run(cfg: DictConfig) -> RunObjects:
     model = build_model(cfg, datamodule)
     module: FlowModule = instantiate(cfg.module, model=model)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    loggers = instantiate_nodes(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=instantiate_nodes(cfg.get("callbacks")),
-        logger=instantiate_nodes(cfg.get("logger")) or False,
+        callbacks=build_callbacks(cfg, bool(loggers)),
+        logger=loggers or False,
+        plugins=build_plugins(),
     )
+    make_train_order_resumable(
+        datamodule, int(cfg.seed), lambda: (trainer.world_size, trainer.global_rank)
+    )
+    if cfg.get("train", True) and trainer.is_global_zero and not trainer.fast_dev_run:
+        check_writable(output_directories(trainer, cfg))
     return RunObjects(datamodule, model, module, trainer)
+
+
+def slurm_requeued() -> bool:
+    """True in a SLURM job that was requeued (preempted or timed out, then restarted)."""
+    return SLURMEnvironment.detect() and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0

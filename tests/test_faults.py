@@ -1,0 +1,216 @@
+"""Faults and bad inputs around training: full disk, empty or mismatched checkpoints, signals,
+unwritable outputs, no logger — each one clear line, never a silent success."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import glowlab.training.checkpoints as checkpoints
+from glowlab.cli import user_error
+from glowlab.train import fit_and_test, train
+from glowlab.training.checkpoints import CheckpointWriteError, load_checkpoint
+from glowlab.training.run import build_run
+from tests.conftest import compose_run
+
+TINY = [
+    "data=synthetic",
+    "data.image_size=8",
+    "data.batch_size=16",
+    "data.train_subset=64",
+    "model=glow_small",
+    "model.depth=1",
+    "model.conditioner.hidden=8",
+    "module.init_batch_size=32",
+    "module.scheduler.warmup_steps=2",
+    "trainer.max_epochs=1",
+    "trainer.log_every_n_steps=1",
+    "callbacks.progress_bar=null",
+    "callbacks.sample_grid.n=4",
+    "test=false",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("faults_run")
+    train(compose_run(run_dir, [*TINY, "logger=csv"]))
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+class _DiskFullFrom(L.Callback):
+    """From ``step`` on, every fsync of a checkpoint file fails with ENOSPC."""
+
+    def __init__(self, step: int, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.step, self.monkeypatch = step, monkeypatch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+
+            def full(fd: int) -> None:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            self.monkeypatch.setattr(checkpoints.os, "fsync", full)
+
+
+def test_full_disk_stops_with_one_line_and_keeps_the_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = compose_run(
+        tmp_path, [*TINY, "logger=csv", "callbacks.model_checkpoint.last_every_n_steps=2"]
+    )
+    run = build_run(cfg)
+    run.trainer.callbacks.insert(0, _DiskFullFrom(3, monkeypatch))
+    with pytest.raises(CheckpointWriteError) as raised:
+        fit_and_test(cfg, run)
+    message = str(user_error(raised.value))
+    assert "disk is full" in message and "last.ckpt" in message and "\n" not in message
+    monkeypatch.undo()
+    ckpt_dir = tmp_path / "checkpoints"
+    assert load_checkpoint(ckpt_dir / "last.ckpt")["global_step"] == 2
+    assert not list(ckpt_dir.glob(".*.tmp"))  # no half-written file left behind
+
+
+def test_empty_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
+    empty = tmp_path / "last.ckpt"
+    empty.touch()
+    with pytest.raises(ValueError, match=r"is empty \(0 bytes"):
+        train(compose_run(tmp_path / "run", [*TINY, f"ckpt_path={empty}"]))
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("model.depth=2", "model.depth"),
+        ("model.preprocess=logit", "model.preprocess"),
+        ("data.n_bits=5", "data.n_bits"),
+    ],
+)
+def test_resume_with_a_changed_model_or_data_config_is_refused(
+    tiny_ckpt: Path, tmp_path: Path, override: str, key: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"cannot resume.*{re.escape(key)}.*allow_config_change"):
+        train(compose_run(tmp_path, [*TINY, override, f"ckpt_path={tiny_ckpt}"]))
+
+
+def test_allowed_config_change_resumes(tiny_ckpt: Path, tmp_path: Path) -> None:
+    overrides = ["data.eval_batch_size=8", "trainer.max_epochs=2", "logger=csv"]
+    metrics = train(compose_run(tmp_path, [*TINY, *overrides, f"ckpt_path={tiny_ckpt}"]))
+    assert metrics["steps"] == 8  # 4 more steps after the checkpoint's 4
+    checkpoint = load_checkpoint(tiny_ckpt)
+    current = {"model": checkpoint["glowlab"]["config"]["model"] | {"coupling": "additive"}}
+    checkpoints.check_config_unchanged(
+        checkpoint, current, ["model.coupling"], sections=("model",)
+    )
+    with pytest.raises(ValueError, match="model.coupling"):
+        checkpoints.check_config_unchanged(checkpoint, current, [], sections=("model",))
+
+
+def test_model_n_bits_disagreeing_with_data_names_both_keys(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"model\.n_bits=5 disagrees with data\.n_bits=8"):
+        train(compose_run(tmp_path, [*TINY, "model.n_bits=5"]))
+
+
+def test_no_logger_with_default_callbacks_trains(tmp_path: Path) -> None:
+    metrics = train(compose_run(tmp_path, [*TINY, "logger=none", "trainer.max_steps=2"]))
+    assert metrics["steps"] == 2
+
+
+def test_unwritable_output_dir_is_named_before_training(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    bad = blocker / "checkpoints"
+    with pytest.raises(
+        ValueError, match=rf"output directory {re.escape(str(bad))} is not writable"
+    ):
+        build_run(compose_run(tmp_path, [*TINY, f"callbacks.model_checkpoint.dirpath={bad}"]))
+
+
+def test_last_ckpt_is_rewritten_at_every_validation(tmp_path: Path) -> None:
+    """Default settings: last.ckpt follows the training even when val/bpd gets worse."""
+    cfg = compose_run(
+        tmp_path,
+        [
+            *TINY,
+            "logger=csv",
+            "trainer.max_epochs=3",
+            "callbacks.model_checkpoint.last_every_n_steps=null",
+            "module.optimizer.lr=0.5",
+        ],
+    )
+    train(cfg)
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 12
+
+
+def test_hparams_and_final_bpd_reach_tensorboard(tmp_path: Path) -> None:
+    train(compose_run(tmp_path, [*TINY, "logger=tensorboard", "test=true"]))
+    [logdir] = {p.parent for p in (tmp_path / "tensorboard").rglob("events.out.tfevents.*")}
+    accumulator = EventAccumulator(str(logdir))
+    accumulator.Reload()
+    plugin = accumulator.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in plugin
+    start = plugin["_hparams_/session_start_info"]
+    assert b"model/depth" in start and b"data/batch_size" in start
+    scalars = accumulator.Tags()["scalars"]
+    assert {"hp/val_bpd", "hp/test_bpd"} <= set(scalars)
+    [final] = accumulator.Scalars("hp/test_bpd")
+    assert 0 < final.value < 10
+
+
+@pytest.mark.slow
+def test_sigterm_in_a_real_process_saves_and_prints_the_resume_command(tmp_path: Path) -> None:
+    """``glowlab-train`` gets SIGTERM mid-training: exit 143, one line with the command that
+    resumes it; that command finishes the run."""
+    args = [
+        *[a for a in TINY if not a.startswith("trainer.max_epochs")],
+        "trainer.max_epochs=-1",
+        "trainer.max_steps=120",
+        "logger=csv",
+        "callbacks.model_checkpoint.last_every_n_steps=5",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "glowlab.train", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if "resume with:" in line]
+    assert len(lines) == 1, stderr[-2000:]
+    command = shlex.split(lines[0].split("resume with: ", 1)[1])
+    assert command[0] == "glowlab-train" and command[-1] == f"ckpt_path={last.resolve()}"
+    step = load_checkpoint(last)["global_step"]
+    assert 0 < step < 120
+    resumed = subprocess.run(
+        [sys.executable, "-m", "glowlab.train", *command[1:]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    [metrics] = tmp_path.glob("logs/train/runs/*/metrics.json")  # the resumed run's own dir
+    assert json.loads(metrics.read_text())["steps"] == 120

@@ -1,0 +1,164 @@
+"""Exact resume: a run interrupted (crash, signal) and resumed from its last.ckpt ends with
+the very tensors of the same run done in one go — model, optimizer, schedule, data order."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from glowlab.train import fit_and_test
+from glowlab.training.checkpoints import load_checkpoint
+from glowlab.training.run import build_run
+from tests.conftest import FASHION_MNIST, compose_run
+
+# A tiny Glow on 96 real Fashion-MNIST images: 6 batches of 16 per epoch.
+REAL_TINY = [
+    "data=fashion_mnist",
+    "data.train_subset=96",
+    "data.batch_size=16",
+    "data.val_size=64",
+    "model=glow_small",
+    "model.depth=1",
+    "model.conditioner.hidden=8",
+    "module.init_batch_size=32",
+    "module.scheduler.warmup_steps=3",
+    "trainer.log_every_n_steps=2",
+    "callbacks.progress_bar=null",
+    "callbacks.sample_grid.n=4",
+    "callbacks.model_checkpoint.last_every_n_steps=null",
+    "logger=csv",
+    "test=false",
+]
+
+pytestmark = pytest.mark.skipif(
+    not (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists(),
+    reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist",
+)
+
+
+class _CrashAtStep(L.Callback):
+    """Raise (a crash, an OOM kill...) as the batch after ``step`` optimizer steps starts."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+class _SignalAtStep(L.Callback):
+    """Send this process ``signum`` as the batch after ``step`` optimizer steps starts."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum = step, signum
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+def _fit(run_dir: Path, overrides: list[str], extra: L.Callback | None = None):
+    cfg = compose_run(run_dir, [*REAL_TINY, *overrides])
+    run = build_run(cfg)
+    if extra is not None:
+        run.trainer.callbacks.insert(0, extra)
+    fit_and_test(cfg, run)
+    return run
+
+
+def _interrupted(run_dir: Path, overrides: list[str], stop: L.Callback) -> int | None:
+    """Run until ``stop`` interrupts; return the exit status it asked for (None: a crash)."""
+    try:
+        _fit(run_dir, overrides, stop)
+    except RuntimeError as error:
+        assert "simulated crash" in str(error)
+        return None
+    except SystemExit as stopped:
+        return stopped.code
+    raise AssertionError("the run was not interrupted")
+
+
+def _tensors(tree, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor (and number) of a nested checkpoint entry, by its path."""
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list | tuple):
+        items = enumerate(tree)
+    else:
+        return {prefix: torch.as_tensor(tree)} if isinstance(tree, int | float) else {}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in items:
+        if torch.is_tensor(value):
+            out[f"{prefix}/{key}"] = value
+        else:
+            out.update(_tensors(value, f"{prefix}/{key}"))
+    return out
+
+
+def _state(run_dir: Path) -> dict[str, torch.Tensor]:
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    state = _tensors(ckpt["state_dict"], "model")
+    state.update(_tensors(ckpt["optimizer_states"], "optimizer"))
+    state.update(_tensors(ckpt["lr_schedulers"], "schedule"))
+    state["global_step"] = torch.tensor(ckpt["global_step"])
+    return state
+
+
+def _assert_bit_equal(expected: dict, got: dict) -> None:
+    assert expected.keys() == got.keys()
+    differing = [k for k in expected if not torch.equal(expected[k], got[k])]
+    assert not differing, f"{len(differing)} of {len(expected)} differ: {differing[:5]}"
+
+
+STEPS = ["trainer.max_steps=14", "trainer.max_epochs=-1"]  # 2 epochs and 2 batches
+EPOCHS = ["trainer.max_epochs=2"]
+
+
+@pytest.mark.parametrize(
+    ("bounds", "checkpointing", "stop", "status"),
+    [
+        # max_steps; last.ckpt every 4 steps, crash at 9: resumes mid-epoch 2 from step 8
+        (STEPS, ["callbacks.model_checkpoint.last_every_n_steps=4"], _CrashAtStep(9), None),
+        # max_epochs; validation (and last.ckpt) every 4 batches, crash at step 5
+        (EPOCHS, ["trainer.val_check_interval=4"], _CrashAtStep(5), None),
+        # max_steps; SIGTERM during step 8: last.ckpt at step 8, exit 143
+        (STEPS, [], _SignalAtStep(7, signal.SIGTERM), 143),
+        # max_epochs; Ctrl+C during step 3 (mid-epoch), exit 130
+        (EPOCHS, [], _SignalAtStep(2, signal.SIGINT), 130),
+        # max_epochs; crash as epoch 2 starts: resumes from the end-of-epoch-1 validation
+        (EPOCHS, [], _CrashAtStep(6), None),
+    ],
+    ids=["steps-every-n", "epochs-at-validation", "steps-sigterm", "epochs-sigint", "epoch-end"],
+)
+def test_interrupted_and_resumed_equals_straight(
+    tmp_path: Path, bounds, checkpointing, stop, status
+) -> None:
+    overrides = [*bounds, *checkpointing]
+    straight, first, resumed = tmp_path / "straight", tmp_path / "first", tmp_path / "resumed"
+    _fit(straight, overrides)
+    assert _interrupted(first, overrides, stop) == status
+    last = first / "checkpoints" / "last.ckpt"
+    saved_step = load_checkpoint(last)["global_step"]
+    assert 0 < saved_step < _state(straight)["global_step"]
+    _fit(resumed, [*overrides, f"ckpt_path={last}"])
+    _assert_bit_equal(_state(straight), _state(resumed))
+
+
+def test_schedule_keeps_the_original_length_when_max_steps_changes(tmp_path: Path) -> None:
+    """Resuming with another max_steps continues the original schedule (total 14 steps)."""
+    first = tmp_path / "first"
+    assert _interrupted(first, STEPS, _SignalAtStep(5, signal.SIGTERM)) == 143
+    last = first / "checkpoints" / "last.ckpt"
+    assert load_checkpoint(last)["glowlab"]["total_steps"] == 14
+    run = _fit(
+        tmp_path / "resumed",
+        ["trainer.max_steps=16", "trainer.max_epochs=-1", f"ckpt_path={last}"],
+    )
+    assert run.module.total_steps == 14
+    assert run.trainer.global_step == 16
