@@ -207,7 +207,9 @@ class MaskedAutoregressive(Bijection):
         (and undoes itself)."""
         return x.flip(1, 2, 3) if self.reverse else x
 
-    def _transform_elements(self, known: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+    def _transform_elements(
+        self, known: Tensor, params: Tensor, inverse: bool
+    ) -> tuple[Tensor, Tensor]:
         """``τ`` (or ``τ⁻¹``) of ``known`` with ``params (..., P)``; the log-derivative of the
         forward map (zeros for the inverse direction, whose callers drop it)."""
         if inverse:
@@ -252,7 +254,9 @@ class MaskedAutoregressive(Bijection):
                     params = self.transform.split_params(raw)  # (B, C, P)
                     # the whole pixel goes through τ (per-channel transform state broadcasts);
                     # only this channel's result is valid and kept
-                    result, log_derivative = self._transform_elements(known[:, :, row, col], params, inverse)
+                    result, log_derivative = self._transform_elements(
+                        known[:, :, row, col], params, inverse
+                    )
                     solved[:, channel, row, col] = result[:, channel]
                     logdet = logdet + log_derivative[:, channel]
         return solved, logdet
