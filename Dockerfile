@@ -14,11 +14,12 @@ RUN apt-get update \
     && (apt-get install -y --no-install-recommends dataset-fashion-mnist || true) \
     && rm -rf /var/lib/apt/lists/*
 
-# The image's torch satisfies the package's range, so pip keeps it.
-COPY pyproject.toml README.md ./
-COPY glowlab ./glowlab
-COPY conf ./conf
-COPY scripts ./scripts
-RUN pip install -e ".[sweeps]"
+# The image's torch satisfies the package's range, so pip keeps it. A wheel, not an editable
+# install: the configs ship inside the package (glowlab/conf), so nothing else is copied.
+COPY pyproject.toml README.md /tmp/glowlab-src/
+COPY glowlab /tmp/glowlab-src/glowlab
+RUN pip wheel /tmp/glowlab-src --no-deps -w /tmp/dist \
+    && pip install "$(ls /tmp/dist/glowlab-*.whl)[sweeps]" \
+    && rm -rf /tmp/glowlab-src /tmp/dist
 
 ENTRYPOINT ["glowlab-train", "experiment=fmnist_glow_gpu"]

@@ -26,6 +26,13 @@ CHECKPOINT_FORMAT = 2
 
 PART_GROUPS = ("transform", "conditioner", "prior", "dequantization")
 COUPLING_RECIPES = ("glowlab.models.glow", "glowlab.models.realnvp", "glowlab.models.nice")
+RECIPES_0_1 = (
+    *COUPLING_RECIPES,
+    "glowlab.models.maf",
+    "glowlab.models.resflow",
+    "glowlab.models.ffjord",
+)
+"""The recipes of glowlab 0.1, whose flat configs ``translate_model_config`` knows."""
 
 MOVED_EVERYWHERE = {
     "coupling": "model/transform=<affine|additive|spline|mixture>",
@@ -124,8 +131,13 @@ def guard_command_line(prog: str, config_dir: str, config_name: str, argv: Seque
 
 # ---------------------------------------------------------------------- checkpoints
 def is_legacy(checkpoint: Mapping[str, Any]) -> bool:
-    """True for a checkpoint written before the composable parts (no format number)."""
-    return "format" not in checkpoint.get("glowlab", {})
+    """True for a checkpoint written before the composable parts: no format number and a
+    flat model config (no part group given as a node)."""
+    meta = checkpoint.get("glowlab", {})
+    if "format" in meta:
+        return False
+    model = (meta.get("config") or {}).get("model") or {}
+    return not any(isinstance(model.get(group), Mapping) for group in PART_GROUPS)
 
 
 def check_resumable(checkpoint: Mapping[str, Any], path: str) -> None:
@@ -197,8 +209,11 @@ def _conditioner_node(old: Mapping[str, Any], target: str) -> dict[str, Any]:
 
 
 def translate_model_config(old: Mapping[str, Any]) -> dict[str, Any]:
-    """A pre-0.2 flat model config as the equivalent composed one."""
+    """A pre-0.2 flat model config as the equivalent composed one (a model of another recipe,
+    e.g. a user's own target, is returned as is)."""
     target = old.get("_target_", "")
+    if target not in RECIPES_0_1:
+        return dict(old)
     new = {k: v for k, v in old.items() if k not in MOVED_EVERYWHERE and k not in PART_GROUPS}
     if target in COUPLING_RECIPES:
         for key in MOVED_FOR_COUPLINGS:

@@ -76,27 +76,87 @@ class StandardNormal(GaussianPrior):
 class LearnedPrior(GaussianPrior):
     """Per-channel learned mean and log-scale, optionally shifted per class.
 
-    With ``num_classes`` set, ``y`` is required and a zero-initialised per-class
-    (mean, log_scale) offset is added (Glow's class-conditional top prior).
+    With ``num_classes`` set, a zero-initialised per-class (mean, log_scale) offset is added
+    (Glow's class-conditional top prior) and ``y`` is required.
+
+    Classifier-free guidance (``label_dropout > 0``): the embedding gets one more row, the
+    "null" class ``num_classes``, and in training mode ``log_prob`` replaces each label by the
+    null class with probability ``label_dropout``, so the prior also learns the unconditional
+    ``p(z) = N(μ_∅, σ_∅²)``; ``y=None`` then means the null class. ``sample`` with
+    ``guidance = w`` draws from ``N(μ_w, σ_y²)``,
+
+        ``μ_w = μ_∅ + (1 + w)·(μ_y − μ_∅)``,
+
+    (``w = 0``: the conditional prior). For equal scales ``σ_y = σ_∅`` this is exactly the
+    guided density ``∝ p(z|y)^{1+w} p(z)^{−w}``; ``log_prob`` never uses guidance.
+
+    Shapes: ``y`` ``(B,)`` -> mean, log_scale ``(B, C, H, W)`` (``(1, C, H, W)`` without
+    classes).
+
+    References: Kingma & Dhariwal, "Glow", 2018; Ho & Salimans, "Classifier-free diffusion
+    guidance", 2022.
     """
 
-    def __init__(self, channels: int, num_classes: int | None = None) -> None:
+    def __init__(
+        self, channels: int, num_classes: int | None = None, label_dropout: float = 0.0
+    ) -> None:
         super().__init__()
+        check_label_dropout(label_dropout, num_classes)
         self.mean = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.num_classes = num_classes
+        self.label_dropout = float(label_dropout)
+        self.guidance = 0.0  # w at sampling; set through glowlab.sampling.guidance
         if num_classes:
-            self.class_embedding = nn.Embedding(num_classes, 2 * channels)
+            rows = num_classes + (1 if label_dropout else 0)  # + the null class
+            self.class_embedding = nn.Embedding(rows, 2 * channels)
             nn.init.zeros_(self.class_embedding.weight)
+
+    @property
+    def null_class(self) -> int | None:
+        """Index of the null class (``num_classes``), or None without label dropout."""
+        return self.num_classes if self.num_classes and self.label_dropout else None
+
+    def _class_labels(self, y: Tensor | None, batch: int, device) -> Tensor:
+        null = self.null_class
+        if y is None and null is not None:
+            return torch.full((batch,), null, dtype=torch.long, device=device)
+        check_labels(y, self.num_classes if null is None else null + 1)
+        return y
 
     def params(self, shape, context, y):
         mean, log_scale = self.mean, self.log_scale
         if self.num_classes:
-            check_labels(y, self.num_classes)
+            y = self._class_labels(y, 1, mean.device)
             offset = self.class_embedding(y)[:, :, None, None]  # (B, 2C, 1, 1)
             d_mean, d_log_scale = offset.chunk(2, dim=1)
             mean, log_scale = mean + d_mean, log_scale + d_log_scale
         return mean.expand(-1, -1, *shape[1:]), log_scale.expand(-1, -1, *shape[1:])
+
+    def log_prob(
+        self, z: Tensor, context: Tensor | None = None, y: Tensor | None = None
+    ) -> Tensor:
+        null = self.null_class
+        if self.training and null is not None and y is not None:
+            check_labels(y, self.num_classes)
+            dropped = torch.rand(y.shape[0], device=y.device) < self.label_dropout
+            y = torch.where(dropped, torch.full_like(y, null), y)
+        return super().log_prob(z, context, y)
+
+    def sample(self, n, shape, context=None, y=None, temperature=1.0, eps=None):
+        if not self.guidance:
+            return super().sample(n, shape, context, y, temperature, eps)
+        if self.null_class is None:
+            raise ValueError(
+                "guidance needs a prior trained with label dropout: build with "
+                "label_dropout > 0 (model.label_dropout=0.1)"
+            )
+        mean, log_scale = self.params(shape, context, y)
+        null_mean, _ = self.params(shape, context, None)
+        mean = null_mean + (1.0 + self.guidance) * (mean - null_mean)
+        if eps is None:
+            eps = torch.randn(n, *shape, device=mean.device, dtype=mean.dtype)
+        return mean + temperature * torch.exp(log_scale) * eps.to(mean)
 
 
 class FactorOutPrior(GaussianPrior):
@@ -150,6 +210,23 @@ class PlanarPrior(nn.Module):
         eps = None if eps is None else eps.reshape(n, self.dims)
         base = self.base.sample(n, (self.dims,), temperature=temperature, eps=eps)
         return self.flow.inverse(base).reshape(n, *shape)
+
+
+def check_label_dropout(label_dropout: float, num_classes: int | None) -> None:
+    """Raise ``ValueError`` unless ``label_dropout`` is in ``[0, 1)`` and, when positive, the
+    model is class-conditional."""
+    if isinstance(label_dropout, bool) or not isinstance(label_dropout, int | float):
+        raise ValueError(f"label_dropout={label_dropout!r} must be a number in [0, 1)")
+    if not 0.0 <= label_dropout < 1.0:
+        raise ValueError(
+            f"label_dropout={label_dropout!r} must be in [0, 1) (0.1 is usual; 0 turns "
+            "classifier-free guidance training off)"
+        )
+    if label_dropout and not num_classes:
+        raise ValueError(
+            f"label_dropout={label_dropout!r} needs a class-conditional model: set "
+            "model.num_classes (or label_dropout=0)"
+        )
 
 
 def check_labels(y: Tensor | None, num_classes: int) -> None:

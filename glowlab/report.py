@@ -2,6 +2,11 @@
 
 Reads every ``metrics.json`` under ``DIR`` (a Hydra multirun dir, or any folder of runs),
 prints a markdown table sorted by bpd, and writes ``report.md`` and ``report.csv`` in ``DIR``.
+
+Runs of noise-augmented models (``model/dequantization=gaussian``) report ``noisy_bpd``, the
+density of noisy images and not a bpd of the data: it gets its own columns
+(``val/noisy_bpd``, ``test/noisy_bpd``, present only when some run has them), so it is never
+sorted or read together with the discrete bpd of other runs.
 """
 
 from __future__ import annotations
@@ -16,10 +21,13 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = ("run", "overrides", "val/bpd", "test/bpd", "steps", "wall_time_s", "parameters")
+NOISY_COLUMNS = ("val/noisy_bpd", "test/noisy_bpd")
+SORT_KEYS = ("test/bpd", "val/bpd", *reversed(NOISY_COLUMNS))
 
 
 def collect(root: Path) -> list[dict[str, Any]]:
-    """One row per ``metrics.json`` below ``root``: the columns of :data:`COLUMNS`."""
+    """One row per ``metrics.json`` below ``root``: the columns of :data:`COLUMNS` and
+    :data:`NOISY_COLUMNS`."""
     rows = []
     for path in sorted(root.rglob("metrics.json")):
         metrics = json.loads(path.read_text())
@@ -27,7 +35,7 @@ def collect(root: Path) -> list[dict[str, Any]]:
             {
                 "run": str(path.parent.relative_to(root)) or ".",
                 "overrides": " ".join(metrics.get("overrides", [])),
-                **{key: metrics.get(key) for key in COLUMNS[2:]},
+                **{key: metrics.get(key) for key in (*COLUMNS[2:], *NOISY_COLUMNS)},
             }
         )
     return rows
@@ -44,15 +52,23 @@ def _cell(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """:data:`COLUMNS`, with the noisy-density columns after the bpd ones if any run has them."""
+    if not any(row.get(c) is not None for row in rows for c in NOISY_COLUMNS):
+        return COLUMNS
+    return (*COLUMNS[:4], *NOISY_COLUMNS, *COLUMNS[4:])
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row in rows]
+    names = columns(rows)
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in names) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer = csv.DictWriter(buffer, fieldnames=columns(rows), extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
@@ -61,7 +77,7 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="glowlab-report", description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path, help="a multirun dir (or any folder of runs)")
-    parser.add_argument("--sort-by", default="test/bpd", choices=["test/bpd", "val/bpd"])
+    parser.add_argument("--sort-by", default="test/bpd", choices=list(SORT_KEYS))
     args = parser.parse_args(argv)
     if not args.directory.is_dir():
         sys.exit(f"glowlab-report: error: {args.directory} is not a directory")

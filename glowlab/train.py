@@ -30,7 +30,7 @@ from glowlab.cli import run_cli
 from glowlab.migration import check_model_config, check_resumable, guard_command_line
 from glowlab.training.callbacks import SampleGrid, StopOnSignal, TrainingInterrupted
 from glowlab.training.checkpoints import check_config_unchanged, checkpoint_step, load_checkpoint
-from glowlab.training.run import RunObjects, build_run, slurm_requeued
+from glowlab.training.run import RunObjects, build_run, metric_key, slurm_requeued
 
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 log = logging.getLogger("glowlab.train")
@@ -126,7 +126,9 @@ def _nonfinite_message(cfg: DictConfig, step: int) -> str:
 
 
 def fit_and_test(cfg: DictConfig, run: RunObjects) -> dict[str, Any]:
-    """Fit (optionally resuming), test the best checkpoint, return the run's metrics."""
+    """Fit (optionally resuming), test the best checkpoint, return the run's metrics: ``val/``,
+    ``train/`` and ``test/`` + the model's ``metric_name`` (``bpd``, or ``noisy_bpd`` for
+    Gaussian noise augmentation), ``metric``, and the run's facts."""
     trainer, module, datamodule = run.trainer, run.module, run.datamodule
     started = time.perf_counter()
     metrics: dict[str, Any] = {}
@@ -143,14 +145,17 @@ def fit_and_test(cfg: DictConfig, run: RunObjects) -> dict[str, Any]:
             stop_interrupted(cfg, stop)
         if module.nonfinite_step is not None:
             raise FloatingPointError(_nonfinite_message(cfg, module.nonfinite_step))
-        metrics["val/bpd"] = _metric(trainer, "val/bpd")
-        metrics["train/bpd"] = _metric(trainer, "train/bpd")
+        for key in ("val/bpd", "train/bpd"):
+            key = metric_key(key, run.model.metric_name)
+            metrics[key] = _metric(trainer, key)
     if cfg.test:
         best = _best_checkpoint(trainer) if cfg.train else ckpt_path
         trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False)
-        metrics["test/bpd"] = _metric(trainer, "test/bpd")
+        key = metric_key("test/bpd", run.model.metric_name)
+        metrics[key] = _metric(trainer, key)
         metrics["test_checkpoint"] = best
     metrics.update(
+        metric=run.model.metric_name,
         steps=trainer.global_step,
         epochs=trainer.current_epoch,
         wall_time_s=round(time.perf_counter() - started, 2),
@@ -201,9 +206,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _log_hparams(cfg, run, metrics)
         out = Path(cfg.paths.output_dir) / "metrics.json"
         out.write_text(json.dumps(metrics, indent=2) + "\n")
-        summary = ", ".join(
-            f"{k} {metrics[k]:.4f}" for k in ("val/bpd", "test/bpd") if metrics.get(k) is not None
-        )
+        keys = [metric_key(k, metrics["metric"]) for k in ("val/bpd", "test/bpd")]
+        summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if metrics.get(k) is not None)
         print(f"glowlab: {summary} | steps {metrics['steps']} | {metrics['wall_time_s']:.0f} s")
         print(f"glowlab: run dir {cfg.paths.output_dir}")
         if metrics.get("sample_grid"):
@@ -214,7 +218,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def _app(cfg: DictConfig) -> float | None:
     metrics = run_cli("glowlab-train", train, cfg)
-    value = metrics.get(cfg.get("optimized_metric", "val/bpd"))
+    key = cfg.get("optimized_metric", "val/bpd")
+    value = metrics.get(metric_key(key, metrics.get("metric", "bpd")))
     return None if value is None else float(value)
 
 

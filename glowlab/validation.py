@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
 from typing import TypeVar
 
@@ -17,10 +18,13 @@ def choose(option: str, value: T, allowed: Iterable[T]) -> T:
 
 
 def check_positive(option: str, value: float, *, allow_zero: bool = False) -> None:
-    """Raise ``ValueError`` unless ``value > 0`` (or ``>= 0`` with ``allow_zero``)."""
+    """Raise ``ValueError`` unless ``value`` is a number ``> 0`` (or ``>= 0`` with
+    ``allow_zero``)."""
+    bound = ">= 0" if allow_zero else "> 0"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{option}={value!r} must be a number {bound}; pass {option}=<number>")
     ok = value >= 0 if allow_zero else value > 0
     if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{option}={value!r} must be {bound}")
 
 

@@ -41,6 +41,19 @@ def perturb_parameters(module: torch.nn.Module, scale: float = 0.05, seed: int =
 CONF = Path(__file__).resolve().parents[1] / "glowlab" / "conf"
 
 
+SHRUNK = {  # recipe -> options that make one of its presets tiny (paper sizes in seconds)
+    "glowlab.models.tarflow": {"blocks": 1, "layers": 1, "width": 24},
+    "glowlab.models.jet": {"couplings": 2, "block_depth": 1, "width": 16},
+    "glowlab.models.flow_matching": {"width": 8, "blocks": 1, "attention_levels": []},
+}
+
+
+def shrunk(model_config) -> dict:
+    """Keyword overrides that keep a model config's layout but make it small: one step per
+    level for the multiscale recipes, a recipe's own small sizes for the others."""
+    return dict(SHRUNK.get(model_config.get("_target_"), {"depth": 1}))
+
+
 def model_config_shape(name: str) -> tuple[int, int, int]:
     """The image shape to build ``conf/model/<name>.yaml`` at: CIFAR-sized for the paper
     presets (their 3 levels need sides divisible by 8), Fashion-MNIST-sized otherwise."""

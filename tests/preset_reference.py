@@ -6,6 +6,9 @@
 CIFAR-sized presets) under a fixed noise draw, after
 ActNorm initialisation on those images and a seeded perturbation of every parameter. The
 fixture was written from the code before the composable-parts refactor (commit 5ded016).
+Since then ``ZeroConv2d`` stores its weight divided by a power-of-two step scale (Adam steps
+independent of the width); the perturbation is applied to the weight it applies, so the same
+functions are compared.
 """
 
 from __future__ import annotations
@@ -57,6 +60,10 @@ def reference_log_prob(model: torch.nn.Module, x: torch.Tensor) -> list[float]:
     with torch.no_grad():
         model(x)
     perturb_parameters(model, scale=0.02, seed=1)
+    with torch.no_grad():  # ZeroConv2d stores W / α (its width step scale): perturb W itself
+        for module in model.modules():
+            if hasattr(module, "step_scale"):
+                module.conv.weight.div_(module.step_scale)
     model.eval()
     noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     torch.manual_seed(3)

@@ -11,8 +11,8 @@ from hydra.utils import instantiate
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.train import train
 from glowlab.training.run import build_model, instantiate_nodes
-from tests.conftest import CONF, compose_run, model_config_shape
-from tests.fixtures import make_celeba, make_cifar10
+from tests.conftest import CONF, compose_run, model_config_shape, shrunk
+from tests.fixtures import make_celeba, make_cifar10, make_imagenet
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 GROUP_OPTIONS = [
@@ -29,7 +29,7 @@ GROUP_OPTIONS = [
     )
     for p in sorted((CONF / group).glob("*.yaml"))
 ]
-TINY_MODEL = ["model.depth=1", "module.init_batch_size=8"]
+TINY_MODEL = ["module.init_batch_size=8"]
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
@@ -44,7 +44,8 @@ def test_group_option_composes_and_instantiates(tmp_path: Path, group: str, opti
         assert len(datamodule.image_shape) == 3
     elif group == "model":
         shape = model_config_shape(option)
-        assert isinstance(instantiate(cfg.model, image_shape=shape, depth=1), MultiscaleFlow)
+        model = instantiate(cfg.model, image_shape=shape, **shrunk(cfg.model))
+        assert isinstance(model, MultiscaleFlow)
     elif group in ("optimizer", "scheduler"):
         params = [torch.nn.Parameter(torch.zeros(2))]
         optimizer = instantiate(cfg.module.optimizer)(params)
@@ -73,6 +74,9 @@ def _fixture_data(name: str, root: Path) -> list[str]:
     if "cifar10" in name:
         make_cifar10(root)
         return [f"data.root={root}", "data.val_size=20"]
+    if "imagenet64" in name:
+        make_imagenet(root, size=64)
+        return [f"data.root={root}", "data.val_size=8", "data.num_workers=0"]
     if "celeba" in name:
         make_celeba(root)
         return [f"data.root={root}", "data.val_size=2", "data.num_workers=0"]
@@ -80,10 +84,13 @@ def _fixture_data(name: str, root: Path) -> list[str]:
 
 
 def _narrow(model) -> None:
-    """8 hidden channels for whichever network the experiment's model has."""
+    """A tiny model of the experiment's layout: ``shrunk`` sizes, 8 hidden channels."""
+    sizes = shrunk(model)
+    for key, value in sizes.items():
+        model[key] = value
     if "conditioner" in model:
         model.conditioner.hidden = 8
-    elif "width" in model:
+    elif "width" in model and "width" not in sizes:
         model.width = 8
 
 

@@ -263,6 +263,17 @@ def test_bad_inputs_exit_with_one_clear_line(ckpt, tmp_path: Path) -> None:
             "class_a=9: no image of class 9",
         ),
         (score, "score", [f"ckpt={ckpt}", f"inputs={tmp_path / 'empty'}"], "holds no image files"),
+        (score, "score", [f"ckpt={ckpt}", "inputs=test", "max_images=0"], "max_images=0 must be"),
+        (evaluate, "eval", [f"ckpt={ckpt.parent}"], "is a folder, not a checkpoint file"),
+        (evaluate, "eval", [f"ckpt={ckpt}", "samples=abc"], "samples='abc' is not an integer"),
+        (evaluate, "eval", [f"ckpt={ckpt}", "device=tpu"], "device='tpu' is not a device"),
+        (sample, "sample", [f"ckpt={ckpt}", "n=0"], "n=0 must be a positive number"),
+        (
+            manipulate,
+            "manipulate",
+            [f"ckpt={ckpt}", "class_a=1", "class_b=0", "indices=[]"],
+            "indices=[] selects no image",
+        ),
     ]
     for tool, name, args, expected in cases:
         message = _error(tool, tmp_path / "out", args, name)

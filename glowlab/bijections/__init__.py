@@ -16,6 +16,8 @@ from glowlab.bijections.permutations import ChannelPermutation, InvConv1x1, InvC
 from glowlab.bijections.planar import Planar
 from glowlab.bijections.residual import ResidualBlock
 from glowlab.bijections.squeeze import Squeeze
+from glowlab.bijections.tarflow import TarFlowBlock
+from glowlab.bijections.vit import Patchify, ViTConditioner
 
 __all__ = [
     "CNF",
@@ -31,12 +33,15 @@ __all__ = [
     "InvConv1x1LU",
     "Logit",
     "MaskedAutoregressive",
+    "Patchify",
     "Planar",
     "ResNetConditioner",
     "ResidualBlock",
     "Sequential",
     "Shift",
     "Squeeze",
+    "TarFlowBlock",
+    "ViTConditioner",
     "ZeroConv2d",
     "checkerboard_mask",
 ]

@@ -24,20 +24,79 @@ def _scaled_conv(conv: nn.Conv2d, x: Tensor, log_scale: Tensor, bias: Tensor) ->
     return F.conv2d(x, weight, bias.reshape(-1) * scale, padding=conv.padding)
 
 
-class ZeroConv2d(nn.Module):
-    """3×3 convolution starting at zero, with Glow's learned output scale ``exp(3·logs)``."""
+READOUT_REFERENCE_CHANNELS = 64
+"""Input width up to which a ``ZeroConv2d``'s weight is stored as is (``step_scale = 1``)."""
 
-    def __init__(self, in_channels: int, out_channels: int, log_scale_factor: float = 3.0) -> None:
+
+def readout_step_scale(in_channels: int, reference: int = READOUT_REFERENCE_CHANNELS) -> float:
+    """``α = 2^-⌊log₂(C_in / reference)⌋`` (1 below ``2·reference``): the factor between a
+    ``ZeroConv2d``'s stored weight and the weight it applies.
+
+    Adam moves every weight by about ``lr`` per step whatever its gradient, so one step moves
+    a readout ``h = Σ_j w_j x_j`` over ``9·C_in`` inputs by up to ``lr · Σ_j |x_j|``: in
+    proportion to the width when the inputs are unit-scale (the conditioners' ActNorms make
+    them so: ``E|x| ≈ 0.40`` after the ReLU). Storing ``W / α`` makes that step
+    ``α · lr · Σ_j |x_j|``, about the size it has at ``C_in = reference`` whatever the width.
+    A power of two, so the scaling itself is exact in floating point.
+    """
+    if reference < 1:
+        raise ValueError(f"reference={reference!r} must be a positive number of channels")
+    halvings = max(0, (in_channels // reference).bit_length() - 1)
+    return 2.0**-halvings
+
+
+class ZeroConv2d(nn.Module):
+    """3×3 convolution starting at zero, with Glow's learned output scale ``exp(3·logs)``:
+    ``y = conv(x; α · exp(3·logs) · W) + exp(3·logs) · b``, ``(B, C_in, H, W) -> (B, C_out,
+    H, W)``, per output channel, with ``W = conv.weight``, ``b = conv.bias`` and ``α`` the
+    ``step_scale`` buffer (``readout_step_scale(C_in)``: 1 up to 127 input channels, 1/8 at
+    Glow's width 512). ``α`` keeps Adam's per-step change of ``y`` independent of the width
+    (see ``readout_step_scale``); the model is the same function of the applied weight.
+
+    ``step_scale`` is saved with the weights. A state dict without it (written before it
+    existed, when ``conv.weight`` was the applied weight) is translated on loading:
+    ``conv.weight / α`` (exact: ``α`` is a power of two), so it loads to the same function.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        log_scale_factor: float = 3.0,
+        reference_channels: int = READOUT_REFERENCE_CHANNELS,
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         nn.init.zeros_(self.conv.weight)
         nn.init.zeros_(self.conv.bias)
         self.logs = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
         self.log_scale_factor = log_scale_factor
+        step_scale = readout_step_scale(in_channels, reference_channels)
+        self.register_buffer("step_scale", torch.tensor(step_scale))
 
     def forward(self, x: Tensor) -> Tensor:
-        log_scale = self.logs * self.log_scale_factor
-        return _scaled_conv(self.conv, x, log_scale, self.conv.bias)
+        scale = torch.exp(self.logs.reshape(-1) * self.log_scale_factor)  # (C_out,)
+        weight = self.conv.weight * (self.step_scale * scale).reshape(-1, 1, 1, 1)
+        return F.conv2d(x, weight, self.conv.bias * scale, padding=self.conv.padding)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Tensor],
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        scale_key, weight_key = prefix + "step_scale", prefix + "conv.weight"
+        if scale_key not in state_dict and weight_key in state_dict:
+            # Written before ``step_scale``: its ``conv.weight`` is the applied weight.
+            state_dict[scale_key] = self.step_scale.detach().clone()
+            state_dict[weight_key] = state_dict[weight_key] / self.step_scale.item()
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
 
 class ActNormConv2d(nn.Module):
@@ -64,17 +123,29 @@ class GlowConditioner(nn.Module):
     """Glow's network: conv3×3 → ActNorm → ReLU → conv1×1 → ActNorm → ReLU → zero conv3×3
     (each ActNorm folded into the convolution before it: ``ActNormConv2d``).
 
+    ``readout_reference``: the zero conv's ``reference_channels`` (``readout_step_scale``).
+    The default keeps Adam's per-step change of the output at that of width 64 whatever
+    ``hidden`` is: width 512 then trains at lr 1e-4 without warm-up (at 1e-3 it bumps by under
+    1 bpd once instead of diverging); a value above ``hidden / 2`` (e.g. ``2**30``) gives the
+    unscaled weight of earlier versions.
+
     References: Kingma & Dhariwal, "Glow", 2018.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int = 512) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: int = 512,
+        readout_reference: int = READOUT_REFERENCE_CHANNELS,
+    ) -> None:
         super().__init__()
         self.net = nn.Sequential(
             ActNormConv2d(in_channels, hidden, 3),
             nn.ReLU(),
             ActNormConv2d(hidden, hidden, 1),
             nn.ReLU(),
-            ZeroConv2d(hidden, out_channels),
+            ZeroConv2d(hidden, out_channels, reference_channels=readout_reference),
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,11 @@ IMAGE_EXTENSIONS = frozenset(
 # PIL errors for unreadable files: OSError (incl. UnidentifiedImageError, truncation),
 # SyntaxError (broken PNG chunks), ValueError and DecompressionBombError.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+class UnsupportedModeError(ValueError):
+    """An image's pixel mode (32-bit integer or float) has no exact map to 8-bit pixels."""
 
 
 def scan_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
@@ -48,22 +54,73 @@ def _image_files(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def find_unreadable(files: Sequence[Path], mode: str, size: int) -> list[Path]:
-    """The files PIL cannot fully decode (JPEGs are decoded at reduced scale to save time)."""
+@dataclass(frozen=True)
+class FileInfo:
+    """What scanning one image file found: decodable or not, its size, PIL mode, whether its
+    pixels are 16-bit and whether they map exactly to 8 bits (see `check_mode`)."""
+
+    path: Path
+    readable: bool
+    size: tuple[int, int] = (0, 0)
+    mode: str = ""
+    sixteen_bit: bool = False
+    exact: bool = True
+
+
+def scan_files(files: Sequence[Path], mode: str, size: int) -> list[FileInfo]:
+    """Decode every file once (JPEGs at reduced scale to save time), recording its size and
+    mode; a file PIL cannot fully decode is ``readable=False``."""
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        ok = list(pool.map(lambda path: _decodes(path, mode, size), files))
-    return [path for path, good in zip(files, ok, strict=True) if not good]
+        return list(pool.map(lambda path: _scan(path, mode, size), files))
 
 
-def _decodes(path: Path, mode: str, size: int) -> bool:
+def find_unreadable(files: Sequence[Path], mode: str, size: int) -> list[Path]:
+    """The files PIL cannot fully decode."""
+    return [info.path for info in scan_files(files, mode, size) if not info.readable]
+
+
+def _scan(path: Path, mode: str, size: int) -> FileInfo:
     try:
         with Image.open(path) as img:
+            found = FileInfo(path, True, img.size, img.mode, is_16_bit(img), maps_exactly(img))
             img.draft(mode, (size, size))
             img.load()
     except _DECODE_ERRORS:
-        return False
-    return True
+        return FileInfo(path, False)
+    return found
+
+
+def is_16_bit(img: Image.Image) -> bool:
+    """Whether ``img`` holds 16-bit integer pixels (``I;16*``, or mode ``I`` read from a PNG,
+    which can only be 16-bit grayscale)."""
+    return img.mode in SIXTEEN_BIT_MODES or (img.mode == "I" and img.format == "PNG")
+
+
+def maps_exactly(img: Image.Image) -> bool:
+    """False for 32-bit integer (``I``, not from a PNG) and float (``F``) pixels."""
+    return img.mode not in ("I", "F") or is_16_bit(img)
+
+
+def check_mode(img: Image.Image, path: Path | str) -> None:
+    """Raise ``UnsupportedModeError`` for pixel modes with no exact map to 8-bit integers."""
+    if not maps_exactly(img):
+        kind = "32-bit integer" if img.mode == "I" else "32-bit float"
+        raise UnsupportedModeError(
+            f"{path} is a mode {img.mode!r} ({kind}) image, which has no exact map to "
+            "8-bit pixels; save it as an 8- or 16-bit PNG"
+        )
+
+
+def to_mode(img: Image.Image, mode: str, path: Path | str = "image") -> Image.Image:
+    """``img`` as an 8-bit ``mode`` (``L`` or ``RGB``) image. 16-bit pixels keep their top 8
+    bits (``x >> 8``, exact: a later ``>> (8 - n_bits)`` gives ``x >> (16 - n_bits)``) instead
+    of PIL's clipping to 255; modes with no exact map are refused (`check_mode`)."""
+    check_mode(img, path)
+    if is_16_bit(img):
+        pixels = np.asarray(img).astype(np.int64)
+        img = Image.fromarray((pixels >> 8).astype(np.uint8), "L")
+    return img if img.mode == mode else img.convert(mode)
 
 
 class ImageFileDataset(Dataset):
@@ -97,7 +154,9 @@ class ImageFileDataset(Dataset):
         path = self.files[index]
         try:
             with Image.open(path) as img:
-                pixels = np.array(self._transform(img.convert(self.mode)))
+                pixels = np.array(self._transform(to_mode(img, self.mode, path)))
+        except UnsupportedModeError:
+            raise
         except _DECODE_ERRORS as err:
             raise OSError(f"cannot decode image {path}: {err}") from err
         x = torch.from_numpy(pixels)

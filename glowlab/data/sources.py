@@ -23,8 +23,10 @@ from torch.utils.data import Dataset
 from glowlab.data.idx import read_idx
 from glowlab.data.image_folder import (
     IMAGE_EXTENSIONS,
+    FileInfo,
     ImageFileDataset,
-    find_unreadable,
+    UnsupportedModeError,
+    scan_files,
     scan_image_folder,
 )
 
@@ -332,7 +334,9 @@ def load_imagenet64(req: Request) -> RawData:
 def load_image_folder(req: Request) -> RawData:
     """Every image below ``root`` (class = first-level subfolder); no official test split.
 
-    Files PIL cannot decode are skipped with one warning.
+    Files PIL cannot decode are skipped with one warning; images smaller than ``image_size``
+    or not square, and 16-bit images (scaled to 8 bits, ``x >> 8``), are each counted in one
+    warning; 32-bit integer or float images are refused (`UnsupportedModeError`).
     """
     if not req.root.is_dir():
         raise DatasetNotFoundError(
@@ -345,21 +349,59 @@ def load_image_folder(req: Request) -> RawData:
             "put images there (optionally in one subfolder per class) or set data.root"
         )
     mode = "L" if req.channels == 1 else "RGB"
-    bad = set(find_unreadable(files, mode, req.image_size))
+    infos = scan_files(files, mode, req.image_size)
+    bad = {info.path for info in infos if not info.readable}
     if len(bad) == len(files):
         raise DatasetNotFoundError(
             f"none of the {len(files)} image files under {req.root} can be decoded"
         )
     if bad:
-        names = ", ".join(str(p) for p in sorted(bad)[:5]) + (", ..." if len(bad) > 5 else "")
-        warnings.warn(
-            f"skipping {len(bad)} unreadable image file(s) under {req.root}: {names}",
-            stacklevel=2,
-        )
+        _warn_files(f"skipping {{n}} unreadable image file(s) under {req.root}", sorted(bad))
         kept = [(f, y) for f, y in zip(files, labels, strict=True) if f not in bad]
         files, labels = [f for f, _ in kept], [y for _, y in kept]
+    _check_folder_images([info for info in infos if info.readable], req)
     dataset = ImageFileDataset(files, labels, req.image_size, req.channels)
     return RawData(pool=dataset, test=None, num_classes=len(classes))
+
+
+def _check_folder_images(infos: Sequence[FileInfo], req: Request) -> None:
+    """Refuse modes with no exact map to 8 bits; warn about images that get upscaled,
+    center-cropped or scaled from 16 bits, with their count."""
+    side = req.image_size
+    refused = [info for info in infos if not info.exact]
+    if refused:
+        modes = sorted({info.mode for info in refused})
+        raise UnsupportedModeError(
+            f"{len(refused)} image file(s) under {req.root} are in PIL mode {'/'.join(modes)} "
+            f"(32-bit integer or float), which has no exact map to 8-bit pixels, e.g. "
+            f"{refused[0].path}; save them as 8- or 16-bit PNG"
+        )
+    small = [i for i in infos if min(i.size) < side]
+    oblong = [i for i in infos if i.size[0] != i.size[1]]
+    deep = [i for i in infos if i.sixteen_bit]
+    total = len(infos)
+    _warn_files(
+        f"{{n}} of {total} images under {req.root} are smaller than {side}x{side} and are "
+        "upscaled (bicubic), which invents detail; use data.image_size=<smaller side>",
+        [f"{i.path} ({i.size[0]}x{i.size[1]})" for i in small],
+    )
+    _warn_files(
+        f"{{n}} of {total} images under {req.root} are not square; their shorter side is "
+        f"scaled to {side} and the centre {side}x{side} kept (the rest is cropped away)",
+        [f"{i.path} ({i.size[0]}x{i.size[1]})" for i in oblong],
+    )
+    _warn_files(
+        f"{{n}} of {total} images under {req.root} have 16-bit pixels; they are scaled "
+        f"exactly to the model's bits (x >> (16 - n_bits))",
+        [str(i.path) for i in deep],
+    )
+
+
+def _warn_files(message: str, names: Sequence[object]) -> None:
+    """One warning ``message`` (``{n}`` = the count) naming the first five of ``names``."""
+    if names:
+        shown = ", ".join(map(str, names[:5])) + (", ..." if len(names) > 5 else "")
+        warnings.warn(f"{message.format(n=len(names))}: {shown}", stacklevel=3)
 
 
 # ----------------------------------------------------------------------------- synthetic

@@ -3,6 +3,7 @@
 from glowlab.models.families import ffjord, maf, resflow
 from glowlab.models.multiscale import FlowOutput, Level, MultiscaleFlow
 from glowlab.models.recipes import glow, nice, realnvp
+from glowlab.models.transformers import jet, tarflow
 
 __all__ = [
     "FlowOutput",
@@ -10,8 +11,10 @@ __all__ = [
     "MultiscaleFlow",
     "ffjord",
     "glow",
+    "jet",
     "maf",
     "nice",
     "realnvp",
     "resflow",
+    "tarflow",
 ]

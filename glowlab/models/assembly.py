@@ -8,8 +8,11 @@ A recipe builds per-level flow steps and hands them to ``assemble`` with the com
   (learned factor-outs, planar-flow top prior);
 - ``preprocess``: ``shift`` (to [-0.5, 0.5)) or ``logit`` (with ``logit_alpha``);
 - ``memory_saving``: ``none`` | ``reversible`` | ``checkpoint`` (see ``Sequential``);
-- ``dequantization``: a ``DequantizationChoice`` or its kind's name: ``uniform`` or
-  ``variational`` (Flow++'s learned ``q(u|x)``).
+- ``dequantization``: a ``DequantizationChoice`` or its kind's name: ``uniform``,
+  ``variational`` (Flow++'s learned ``q(u|x)``) or ``gaussian`` (TarFlow's noise
+  augmentation; the model reports ``noisy_bpd``; needs ``preprocess="shift"``);
+- ``label_dropout``: classifier-free guidance training of a class-conditional top prior
+  (``LearnedPrior`` gets a null class; ``glowlab.sampling``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from glowlab.priors import (
     LearnedPrior,
     PlanarPrior,
     StandardNormal,
+    check_label_dropout,
 )
 from glowlab.validation import check_n_bits, check_positive, choose
 
@@ -46,12 +50,18 @@ StepFactory = Callable[[int, int, int], list[Bijection]]
 """``(channels, level, k) -> layers`` of the k-th flow step of a level."""
 
 
+def check_count(option: str, value) -> None:
+    """Raise ``ValueError`` unless ``value`` is an integer >= 1 (a number of levels or steps)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{option}={value!r} must be an integer >= 1")
+
+
 def check_shape(image_shape, levels: int, squeezes: int) -> Shape:
     """Validate ``image_shape`` and the level count; return it as a tuple."""
     if len(image_shape) != 3:
         raise ValueError(f"image_shape must be (C, H, W), got {tuple(image_shape)}")
     c, h, w = (int(s) for s in image_shape)
-    check_positive("levels", levels)
+    check_count("levels", levels)
     factor = 2**squeezes
     if h % factor or w % factor:
         raise ValueError(
@@ -65,7 +75,7 @@ def check_shape(image_shape, levels: int, squeezes: int) -> Shape:
 def squeeze_levels(image_shape: Shape, levels: int, depth: int, step: StepFactory):
     """Glow's skeleton: per level Squeeze → ``depth`` steps; half the channels leave after
     every level but the last. Returns ``LevelTransforms``."""
-    check_positive("depth", depth)
+    check_count("depth", depth)
     c, h, w = image_shape
     transforms: LevelTransforms = []
     for level in range(levels):
@@ -83,7 +93,11 @@ def _preprocess(kind: str, alpha: float) -> Bijection:
 
 
 def _prior(
-    choice: PriorChoice, out_shape: Shape, factor_out: bool, num_classes: int | None
+    choice: PriorChoice,
+    out_shape: Shape,
+    factor_out: bool,
+    num_classes: int | None,
+    label_dropout: float = 0.0,
 ) -> GaussianPrior | PlanarPrior:
     """Factor-out prior p(z₂|z₁) or top prior for a level whose output is ``out_shape``."""
     c, kind = out_shape[0], choice.kind
@@ -96,7 +110,7 @@ def _prior(
             )
         return PlanarPrior(out_shape, choice.layers)
     if kind == "learned" or num_classes:
-        return LearnedPrior(c, num_classes)
+        return LearnedPrior(c, num_classes, label_dropout)
     return StandardNormal()
 
 
@@ -111,6 +125,7 @@ def assemble(
     num_classes: int | None = None,
     memory_saving: str = "none",
     dequantization: str | DequantizationChoice = "uniform",
+    label_dropout: float = 0.0,
 ) -> MultiscaleFlow:
     """The ``MultiscaleFlow`` of ``transforms`` with the common options (module docstring)."""
     check_n_bits(n_bits)
@@ -118,11 +133,20 @@ def assemble(
     dequantization = dequantization_choice(dequantization)
     if num_classes is not None:
         check_positive("num_classes", num_classes, allow_zero=True)
+    check_label_dropout(label_dropout, num_classes)
+    if (
+        dequantization.kind == "gaussian"
+        and choose("preprocess", preprocess, PREPROCESSING) == "logit"
+    ):
+        raise ValueError(
+            "model/dequantization=gaussian adds unbounded noise but preprocess='logit' needs "
+            "inputs in (0, 1); set model.preprocess=shift"
+        )
     last = len(transforms) - 1
     levels = [
         Level(
             Sequential(layers, memory_saving),
-            _prior(prior, shape, i < last, num_classes),
+            _prior(prior, shape, i < last, num_classes, label_dropout),
             shape,
             i < last,
         )
@@ -140,4 +164,5 @@ def assemble(
         n_bits,
         num_classes or None,
         dequantizer=dequantizer,
+        noise_sigma=dequantization.noise_sigma,
     )

@@ -4,6 +4,11 @@
 (one dequantisation draw ``u``; ``log q = 0`` for uniform dequantisation); bits per dim
 ``= -log p(x) / (D ln 2)`` with ``D = C·H·W`` real pixels, the definition of the RealNVP,
 Glow and Flow++ papers (the ``-D·n_bits·ln 2`` of the rescaling is in the logdet).
+
+With Gaussian noise augmentation (``noise_sigma``) the same sum is ``log p(y)`` of the noisy
+image ``y = x + ½ + 2^n_bits·(σ/2)·ε`` in pixel units, reported as ``noisy_bpd
+= -log p(y) / (D ln 2)``: a density of continuous noisy images, not a bound on the discrete
+data, so it carries its own name (``metric_name``) everywhere.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from glowlab.bijections.base import Bijection
 from glowlab.bijections.elementwise import Dequantize
 from glowlab.dequantization import VariationalDequantizer
 from glowlab.priors import GaussianPrior, check_labels
+from glowlab.sampling import guidance as guided
+from glowlab.sampling import guided_parts, tweedie_denoise
 
 
 class Level(nn.Module):
@@ -89,9 +96,16 @@ class MultiscaleFlow(nn.Module):
             ``log_prob`` and ``bits_per_dim`` are the variational bound of one draw ``u ~ q``,
             ``log p((x + u) / 2^n_bits) - D·n_bits·ln 2 - log q(u | x)``, and ``noise`` fixes
             that draw through ``ε = Φ⁻¹(noise)`` (see ``glowlab.dequantization``).
+        noise_sigma: Gaussian noise augmentation with std ``σ`` on the ``[-1, 1]`` image
+            scale (``σ/2`` on the flow's ``[0, 1)`` scale) instead of uniform dequantisation:
+            ``log_prob`` is then ``log p(y)`` of the noisy image ``y`` (pixel units, one
+            draw; ``noise`` fixes it through ``ε = Φ⁻¹(noise)``), ``bpd_parts`` names its
+            numbers ``noisy_*`` and ``denoise``/``sample(denoise=True)`` apply Tweedie's
+            formula with the model's own score.
 
     References: Dinh et al., "Real NVP", 2017; Kingma & Dhariwal, "Glow", 2018; Ho et al.,
-    "Flow++", 2019.
+    "Flow++", 2019; Zhai et al., "Normalizing flows are capable generative models"
+    (TarFlow), 2025.
     """
 
     def __init__(
@@ -102,16 +116,22 @@ class MultiscaleFlow(nn.Module):
         n_bits: int = 8,
         num_classes: int | None = None,
         dequantizer: VariationalDequantizer | None = None,
+        noise_sigma: float | None = None,
     ) -> None:
         super().__init__()
         self.image_shape = tuple(int(s) for s in image_shape)
+        if dequantizer is not None and noise_sigma is not None:
+            raise ValueError(
+                "noise_sigma (Gaussian noise augmentation) and a variational dequantizer "
+                "exclude each other; pick one model/dequantization"
+            )
         if dequantizer is not None and dequantizer.image_shape != self.image_shape:
             raise ValueError(
                 f"the dequantizer was built for images of shape {dequantizer.image_shape} but "
                 f"the model takes {self.image_shape}; build it with image_shape="
                 f"{self.image_shape}"
             )
-        self.dequantize = Dequantize(n_bits)
+        self.dequantize = Dequantize(n_bits, sigma=noise_sigma)
         self.dequantizer = dequantizer
         self.preprocess = preprocess
         self.levels = nn.ModuleList(levels)
@@ -122,6 +142,23 @@ class MultiscaleFlow(nn.Module):
     def dims(self) -> int:
         """``D = C·H·W``, the number of real pixels per image."""
         return math.prod(self.image_shape)
+
+    @property
+    def noise_sigma(self) -> float | None:
+        """The noise std ``σ`` (``[-1, 1]`` scale) of Gaussian noise augmentation, else None."""
+        return self.dequantize.sigma
+
+    @property
+    def metric_prefix(self) -> str:
+        """``"noisy_"`` for a noise-augmented model, ``""`` otherwise: prefixes every name in
+        ``bpd_parts`` (and so every logged ``train/``, ``val/``, ``test/`` number)."""
+        return "" if self.noise_sigma is None else "noisy_"
+
+    @property
+    def metric_name(self) -> str:
+        """What this model reports: ``bpd`` (a bound on the discrete data) or ``noisy_bpd``
+        (the density of noise-augmented images); checkpoints are monitored on it."""
+        return self.metric_prefix + "bpd"
 
     @property
     def latent_shapes(self) -> list[tuple[int, int, int]]:
@@ -151,7 +188,9 @@ class MultiscaleFlow(nn.Module):
             )
 
     def _check_y(self, y: Tensor | None) -> None:
-        if self.num_classes:
+        """Labels in ``[0, num_classes)``; ``None`` too when the model has a null class
+        (trained with label dropout), which then means the unconditional model."""
+        if self.num_classes and not (y is None and guided_parts(self)):
             check_labels(y, self.num_classes)
 
     # ----------------------------------------------------------------- density
@@ -218,8 +257,19 @@ class MultiscaleFlow(nn.Module):
         """The reported numbers, each ``(B,)``: ``bpd = prior_bpd + logdet_bpd + dequant_bpd``
         (``logdet_bpd`` includes the dequantisation's ``n_bits``; ``dequant_bpd`` is the
         ``-log q(u|x)`` of a variational dequantizer, 0 for uniform). Validation and test
-        report these for every family, whatever its training objective."""
+        report these for every family, whatever its training objective.
+
+        A noise-augmented model (``noise_sigma``) returns ``noisy_bpd = noisy_prior_bpd +
+        noisy_logdet_bpd`` instead: ``noisy_bpd = -log p(y) / (D ln 2)`` of the noisy image
+        ``y = x + ½ + 2^n_bits·(σ/2)·ε`` in pixel units (``ε = Φ⁻¹(noise)``, or drawn), so
+        that no number of such a run is ever read as a discrete-data bpd."""
         out = self(x, y, noise)
+        if self.noise_sigma is not None:
+            return {
+                "noisy_bpd": self.nats_to_bpd(out.log_prob),
+                "noisy_prior_bpd": self.nats_to_bpd(out.log_prior),
+                "noisy_logdet_bpd": self.nats_to_bpd(out.logdet),
+            }
         return {
             "bpd": self.nats_to_bpd(out.log_prob),
             "prior_bpd": self.nats_to_bpd(out.log_prior),
@@ -229,10 +279,11 @@ class MultiscaleFlow(nn.Module):
 
     def objective(self, x: Tensor, y: Tensor | None = None) -> Objective:
         """The training objective: for a maximum-likelihood flow, the mean bpd of the batch
-        under one dequantisation draw, logged with its parts. Families trained otherwise (flow
-        matching) override this; ``bpd_parts`` stays the reported likelihood."""
+        under one dequantisation draw (``noisy_bpd`` under one noise draw for a noise-augmented
+        model), logged with its parts. Families trained otherwise (flow matching) override
+        this; ``bpd_parts`` stays the reported likelihood."""
         parts = self.bpd_parts(x, y)
-        return Objective(parts["bpd"].mean(), {k: v.mean() for k, v in parts.items()})
+        return Objective(parts[self.metric_name].mean(), {k: v.mean() for k, v in parts.items()})
 
     # ----------------------------------------------------------------- latents
     def encode(
@@ -264,6 +315,59 @@ class MultiscaleFlow(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         return [torch.randn(n, *shape, generator=gen) for shape in self.latent_shapes]
 
+    def denoise(self, v: Tensor, y: Tensor | None = None) -> Tensor:
+        """Tweedie's posterior mean of the clean images given noisy ones, with the model's own
+        score: ``v̂ = v + s²·∇_v log p(v)``, ``s = σ/2`` (``σ = noise_sigma`` on the ``[-1, 1]``
+        scale), for ``v`` ``(B, C, H, W)`` on the flow's ``[0, 1)`` scale (``sample_continuous``'s
+        output). Exact ``E[x | v]`` when the model's ``p(v)`` is the true density of the noisy
+        images; ``y`` conditions the score (the conditional, unguided model).
+
+        References: Efron, "Tweedie's formula and selection bias", 2011; Zhai et al., TarFlow,
+        2025 (score-based denoising of samples).
+        """
+        self.check_denoise()
+        self._check_y(y)
+        return tweedie_denoise(lambda u: self.flow(u, y).log_prob, v, 0.5 * self.noise_sigma)
+
+    def check_denoise(self) -> None:
+        if self.noise_sigma is None:
+            raise ValueError(
+                "denoise needs a model trained with Gaussian noise augmentation "
+                "(model/dequantization=gaussian); this one was not: use denoise=false"
+            )
+
+    @torch.no_grad()
+    def sample_continuous(
+        self,
+        n: int,
+        temperature: float = 1.0,
+        y: Tensor | None = None,
+        eps: list[Tensor] | None = None,
+        guidance: float | None = None,
+    ) -> Tensor:
+        """``n`` continuous samples ``(n, C, H, W)`` on the flow's ``[0, 1)`` scale (before
+        rounding to integers); arguments as in ``sample``."""
+        if temperature < 0:
+            raise ValueError(f"temperature={temperature!r} must be >= 0 (1 = the model, 0 = mode)")
+        self._check_y(y)
+        if y is not None and y.shape[0] != n:
+            raise ValueError(f"y has {y.shape[0]} labels but n={n} samples were asked for")
+        with guided(self, guidance):
+            h = None
+            for i in reversed(range(len(self.levels))):
+                level = self.levels[i]
+                z = level.prior.sample(
+                    n,
+                    level.latent_shape,
+                    context=h,
+                    y=y,
+                    temperature=temperature,
+                    eps=None if eps is None else eps[i],
+                )
+                h = z if h is None else torch.cat([h, z], dim=1)
+                h = level.transform.inverse(h, y)
+            return self.preprocess.inverse(h, y)
+
     @torch.no_grad()
     def sample(
         self,
@@ -271,30 +375,23 @@ class MultiscaleFlow(nn.Module):
         temperature: float = 1.0,
         y: Tensor | None = None,
         eps: list[Tensor] | None = None,
+        guidance: float | None = None,
+        denoise: bool = False,
     ) -> Tensor:
         """``n`` integer images ``(n, C, H, W)`` (uint8), every prior's std scaled by
         ``temperature`` (0 gives the mode). ``eps``: optional standard-normal noise per level
         (shapes ``(n, *latent_shapes[l])``), to redraw the same samples at other temperatures.
+        ``guidance``: classifier-free guidance weight ``w`` for a model trained with label
+        dropout (``glowlab.sampling``; None keeps the model's own, 0 is the conditional model;
+        ``y=None`` samples the unconditional model). ``denoise``: apply ``denoise`` (Tweedie)
+        before rounding, for a model trained with Gaussian noise augmentation.
         """
-        if temperature < 0:
-            raise ValueError(f"temperature={temperature!r} must be >= 0 (1 = the model, 0 = mode)")
-        self._check_y(y)
-        if y is not None and y.shape[0] != n:
-            raise ValueError(f"y has {y.shape[0]} labels but n={n} samples were asked for")
-        h = None
-        for i in reversed(range(len(self.levels))):
-            level = self.levels[i]
-            z = level.prior.sample(
-                n,
-                level.latent_shape,
-                context=h,
-                y=y,
-                temperature=temperature,
-                eps=None if eps is None else eps[i],
-            )
-            h = z if h is None else torch.cat([h, z], dim=1)
-            h = level.transform.inverse(h, y)
-        return self.dequantize.inverse(self.preprocess.inverse(h, y))
+        if denoise:
+            self.check_denoise()
+        v = self.sample_continuous(n, temperature, y, eps, guidance)
+        if denoise:
+            v = self.denoise(v, y)
+        return self.dequantize.inverse(v)
 
     def _dtype(self) -> torch.dtype:
         param = next(self.parameters(), None)

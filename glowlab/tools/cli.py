@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, ListConfig
 
 log = logging.getLogger("glowlab.tools")
@@ -26,3 +27,54 @@ def as_list(value: Any) -> list:
 
 def write_json(path: Path, summary: dict[str, Any]) -> None:
     path.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def check_int(option: str, value: Any, low: int, optional: bool = False) -> None:
+    """Raise ``ValueError`` naming ``option`` unless ``value`` is an integer ``>= low``
+    (or ``None`` when ``optional``)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        fix = f"pass {option}=<integer >= {low}>" + (" or leave it null" if optional else "")
+        raise ValueError(f"{option}={value!r} must be an integer >= {low}; {fix}")
+
+
+def check_device(device: Any) -> str:
+    """``device`` if this machine has it (``auto`` always); else ``ValueError`` saying what
+    to use instead."""
+    device = str(device)
+    if device == "auto":
+        return device
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(
+            f"device={device!r} is not a device; use device=auto, cpu, cuda or cuda:<index>"
+        ) from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={device} but CUDA is not available on this machine; use device=cpu "
+                "(or device=auto)"
+            )
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(
+                f"device={device} but this machine has {count} CUDA device(s) "
+                f"(cuda:0..cuda:{count - 1}); pick one of those or device=cpu"
+            )
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device} but MPS is not available here; use device=cpu")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={device!r} is not supported; use device=auto, cpu or cuda")
+    return device
+
+
+def check_ckpt(ckpt: Any) -> str:
+    """``ckpt`` as text; a folder is a ``ValueError`` naming a checkpoint inside it."""
+    path = Path(str(ckpt)).expanduser()
+    if path.is_dir():
+        found = sorted(path.rglob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", str(p)))
+        hint = f"pass a file, e.g. ckpt={found[0]}" if found else "it holds no .ckpt file"
+        raise ValueError(f"ckpt={ckpt} is a folder, not a checkpoint file; {hint}")
+    return str(ckpt)

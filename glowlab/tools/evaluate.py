@@ -29,7 +29,7 @@ from torch import Tensor
 from glowlab.cli import run_cli
 from glowlab.data import ImageDataModule
 from glowlab.models.multiscale import MultiscaleFlow
-from glowlab.tools.cli import output_dir, write_json
+from glowlab.tools.cli import check_ckpt, check_device, check_int, output_dir, write_json
 from glowlab.tools.likelihood import (
     IMPORTANCE_WEIGHTED,
     IMPORTANCE_WEIGHTED_ABSENT,
@@ -38,6 +38,7 @@ from glowlab.tools.likelihood import (
 )
 from glowlab.tools.loading import build_datamodule, load_flow, model_labels, split_loader
 from glowlab.tools.plots import histogram
+from glowlab.tools.progress import track
 from glowlab.train import CONFIG_DIR
 
 log = logging.getLogger("glowlab.eval")
@@ -45,7 +46,7 @@ log = logging.getLogger("glowlab.eval")
 
 @torch.no_grad()
 def reconstruction_error(
-    model: MultiscaleFlow, batches: Iterable[tuple[Tensor, Tensor]]
+    model: MultiscaleFlow, batches: Iterable[tuple[Tensor, Tensor]], progress: bool = False
 ) -> dict[str, float | int]:
     """Invert the flow at the bin centres ``v = (x + 0.5) / 2^n_bits`` of every image.
 
@@ -54,7 +55,7 @@ def reconstruction_error(
     """
     device = next(model.parameters()).device
     max_abs, errors = 0.0, 0
-    for x, labels in batches:
+    for x, labels in track(batches, "reconstruction", progress):
         x = x.to(device)
         y = model_labels(model, labels.to(device))
         v, _ = model.dequantize(x.to(model._dtype()), noise=0.5)
@@ -76,6 +77,7 @@ def evaluate(
     samples: int = 4,
     seed: int = 1234,
     max_images: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Bits per dim of ``split`` under the model's bounds (``samples`` noise draws per image)
     and the reconstruction error.
@@ -84,24 +86,30 @@ def evaluate(
     of a variational dequantizer, whose model also gets ``importance_weighted_bpd`` from the
     same draws (``null`` otherwise; ``importance_weighted_note`` says why).
 
+    A noise-augmented model (``model/dequantization=gaussian``) gets ``noisy_bpd`` and
+    ``noisy_bpd_sem`` instead of ``bpd`` and ``bpd_sem``: its density of noisy images is not a
+    bpd of the data (``glowlab.tools.likelihood.NOISE_AUGMENTED``).
+
     Returns the summary (``bpd``, ``bpd_sem``: standard error over images, ``bound``,
     ``bound_note``, ``importance_weighted_bpd``, ``importance_weighted_bpd_sem``,
     ``importance_weighted_note``, ``recon_max_abs``, ``recon_pixel_errors``, ...) plus float64
     ``(N,)`` tensors ``per_image_bpd`` and ``per_image_importance_weighted_bpd`` (or None) and
     ``labels`` ``(N,)``. Noise seeding: see ``glowlab.tools.likelihood.per_image_bounds``.
+    ``progress`` draws a bar over each pass through the batches.
     """
     loader = split_loader(datamodule, split, max_images=max_images)
     bounds = model_bounds(model)
-    per_bound, labels = per_image_bounds(model, loader, bounds, samples, seed)
+    per_bound, labels = per_image_bounds(model, loader, bounds, samples, seed, progress)
     bpd = per_bound[bounds[0].name]
     weighted = per_bound.get(IMPORTANCE_WEIGHTED.name)
+    name = model.metric_name  # "noisy_bpd" for Gaussian noise augmentation: never "bpd"
     return {
         "split": split,
         "images": len(bpd),
         "samples": samples,
         "seed": seed,
-        "bpd": bpd.mean().item(),
-        "bpd_sem": _sem(bpd),
+        name: bpd.mean().item(),
+        f"{name}_sem": _sem(bpd),
         "bound": bounds[0].name,
         "bound_note": bounds[0].note,
         "importance_weighted_bpd": None if weighted is None else weighted.mean().item(),
@@ -109,7 +117,7 @@ def evaluate(
         "importance_weighted_note": (
             IMPORTANCE_WEIGHTED_ABSENT if weighted is None else IMPORTANCE_WEIGHTED.note
         ),
-        **reconstruction_error(model, loader),
+        **reconstruction_error(model, loader, progress),
         "per_image_bpd": bpd,
         "per_image_importance_weighted_bpd": weighted,
         "labels": labels,
@@ -117,11 +125,16 @@ def evaluate(
 
 
 def write_per_image_csv(
-    path: Path, bpd: Tensor, labels: Tensor, importance_weighted: Tensor | None = None
+    path: Path,
+    bpd: Tensor,
+    labels: Tensor,
+    importance_weighted: Tensor | None = None,
+    column: str = "bpd",
 ) -> None:
-    """``index,label,bpd`` rows, one per image of the split (index = position in the split),
-    plus an ``importance_weighted_bpd`` column when ``importance_weighted`` is given."""
-    header, columns = ["index", "label", "bpd"], [bpd.tolist()]
+    """``index,label,<column>`` rows (``column``: ``bpd``, or ``noisy_bpd`` for a noise-augmented
+    model), one per image of the split (index = position in the split), plus an
+    ``importance_weighted_bpd`` column when ``importance_weighted`` is given."""
+    header, columns = ["index", "label", column], [bpd.tolist()]
     if importance_weighted is not None:
         header.append("importance_weighted_bpd")
         columns.append(importance_weighted.tolist())
@@ -138,14 +151,18 @@ def write_per_image_csv(
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The app: evaluate ``cfg.ckpt`` on ``cfg.split`` and write the outputs to the run dir."""
     started = time.perf_counter()
-    model, run_config = load_flow(cfg.ckpt, cfg.device)
+    check_int("max_images", cfg.max_images, 1, optional=True)
+    model, run_config = load_flow(check_ckpt(cfg.ckpt), check_device(cfg.device))
     datamodule = build_datamodule(run_config, cfg.get("data"), model)
-    result = evaluate(model, datamodule, cfg.split, cfg.samples, cfg.seed, cfg.max_images)
+    result = evaluate(
+        model, datamodule, cfg.split, cfg.samples, cfg.seed, cfg.max_images, cfg.progress
+    )
     out = output_dir(cfg)
     bpd, labels = result.pop("per_image_bpd"), result.pop("labels")
     weighted = result.pop("per_image_importance_weighted_bpd")
-    write_per_image_csv(out / "per_image_bpd.csv", bpd, labels, weighted)
-    title = f"{datamodule.name} {cfg.split}: mean {result['bpd']:.4f} bpd"
+    name = model.metric_name  # bpd, or noisy_bpd (Gaussian noise augmentation)
+    write_per_image_csv(out / "per_image_bpd.csv", bpd, labels, weighted, column=name)
+    title = f"{datamodule.name} {cfg.split}: mean {result[name]:.4f} {name}"
     groups = {cfg.split: bpd}
     if weighted is not None:
         groups = {f"{cfg.split} variational": bpd, f"{cfg.split} importance-weighted": weighted}
@@ -162,7 +179,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"{result['importance_weighted_bpd_sem']:.4f}"
         )
     print(
-        f"glowlab-eval: {cfg.split} bpd {result['bpd']:.4f} ± {result['bpd_sem']:.4f} "
+        f"glowlab-eval: {cfg.split} {name} {result[name]:.4f} ± {result[name + '_sem']:.4f} "
         f"({result['bound']}, samples={cfg.samples}, {result['images']} images; "
         f"{weighted_text}) | reconstruction max |Δv| {result['recon_max_abs']:.2e}, "
         f"{result['recon_pixel_errors']} pixels off | {out / 'eval.json'}"

@@ -2,8 +2,11 @@
 
 Images whose size differs from the model's are resized like the ``image_folder`` dataset does
 (shorter side scaled to the model's side, bicubic, then center-cropped) and images in another
-color mode are converted (to ``L`` for one channel, ``RGB`` for three; alpha is dropped); both
-with one warning listing the files. A file PIL cannot decode is an error naming the file.
+color mode are converted (to ``L`` for one channel, ``RGB`` for three; alpha is dropped); each
+with one warning counting and listing the files, and one more for images smaller than the
+model's size (upscaled). 16-bit images (``I;16``) are scaled exactly (``x >> (16 - n_bits)``),
+never clipped; 32-bit integer or float images are refused. A file PIL cannot decode is an
+error naming the file.
 """
 
 from __future__ import annotations
@@ -17,7 +20,13 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from glowlab.data.image_folder import IMAGE_EXTENSIONS, scan_image_folder
+from glowlab.data.image_folder import (
+    IMAGE_EXTENSIONS,
+    UnsupportedModeError,
+    is_16_bit,
+    scan_image_folder,
+    to_mode,
+)
 
 _MODES = {1: "L", 3: "RGB"}
 
@@ -53,27 +62,44 @@ def read_images(
         raise ValueError(
             f"image files give 1 (L) or 3 (RGB) channels; this model takes {channels}"
         )
-    mode, resized, converted, images = _MODES[channels], [], [], []
+    mode, images = _MODES[channels], []
+    notes: dict[str, list[str]] = {"converted": [], "resized": [], "upscaled": [], "16-bit": []}
     for path in map(Path, paths):
         if not path.is_file():
             raise FileNotFoundError(f"image file {path} does not exist")
         try:
             with Image.open(path) as img:
                 img.load()
-                if img.mode != mode:
-                    converted.append(f"{path.name} ({img.mode})")
-                    img = img.convert(mode)
-                if img.size != (width, height):
-                    resized.append(f"{path.name} ({img.width}x{img.height})")
-                    img = ImageOps.fit(img, (width, height), method=Image.Resampling.BICUBIC)
-                pixels = np.array(img, dtype=np.uint8)
+                pixels = _pixels(img, path, mode, (width, height), notes)
+        except UnsupportedModeError:
+            raise
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
             raise ValueError(f"cannot read image file {path}: {error}") from None
         images.append(torch.from_numpy(pixels).reshape(height, width, channels))
-    _warn(converted, f"converted to {mode}")
-    _warn(resized, f"resized to {width}x{height} (scaled, center-cropped)")
+    _warn(notes["converted"], f"converted to {mode}")
+    _warn(notes["resized"], f"resized to {width}x{height} (scaled, center-cropped)")
+    _warn(notes["upscaled"], f"smaller than {width}x{height}, upscaled (bicubic, center-cropped)")
+    _warn(notes["16-bit"], f"16-bit, scaled exactly to {n_bits} bits (x >> {16 - n_bits})")
     x = torch.stack(images).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
     return x >> (8 - n_bits)
+
+
+def _pixels(
+    img: Image.Image, path: Path, mode: str, size: tuple[int, int], notes: dict[str, list[str]]
+) -> np.ndarray:
+    """``img`` as uint8 ``(H, W[, C])`` pixels of ``mode`` and ``size``, noting what changed."""
+    if is_16_bit(img):
+        notes["16-bit"].append(f"{path.name} ({img.mode})")
+    elif img.mode != mode:
+        notes["converted"].append(f"{path.name} ({img.mode})")
+    img = to_mode(img, mode, path)
+    if img.size != size:
+        smaller = img.width < size[0] or img.height < size[1]
+        notes["upscaled" if smaller else "resized"].append(
+            f"{path.name} ({img.width}x{img.height})"
+        )
+        img = ImageOps.fit(img, size, method=Image.Resampling.BICUBIC)
+    return np.array(img, dtype=np.uint8)
 
 
 def _warn(names: list[str], what: str) -> None:

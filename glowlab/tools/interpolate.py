@@ -27,7 +27,7 @@ from torchvision.utils import save_image
 
 from glowlab.cli import run_cli
 from glowlab.models.multiscale import MultiscaleFlow
-from glowlab.tools.cli import output_dir, write_json
+from glowlab.tools.cli import check_ckpt, check_device, output_dir, write_json
 from glowlab.tools.images import read_images
 from glowlab.tools.loading import (
     build_datamodule,
@@ -137,7 +137,7 @@ def _endpoints(cfg: DictConfig, model: MultiscaleFlow, run_config: dict) -> tupl
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The app: interpolate between ``cfg.a`` and ``cfg.b`` and write the strip (and GIF)."""
-    model, run_config = load_flow(cfg.ckpt, cfg.device)
+    model, run_config = load_flow(check_ckpt(cfg.ckpt), check_device(cfg.device))
     x, (y_a, y_b) = _endpoints(cfg, model, run_config)
     frames = interpolate(model, x[0], x[1], cfg.steps, cfg.mode, y_a, y_b)
     out = output_dir(cfg)

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.tools.loading import model_labels
+from glowlab.tools.progress import track
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,17 @@ IMPORTANCE_WEIGHTED = LikelihoodBound(
     reduce=_importance_weighted,
 )
 
+NOISE_AUGMENTED = LikelihoodBound(
+    name="Gaussian noise-augmented density",
+    note=(
+        "noisy_bpd: mean over the noise draws eps ~ N(0, I) of -log p(y) / (D ln 2) for the "
+        "noisy image y = x + 1/2 + 2^n_bits * (sigma/2) * eps in pixel units (Gaussian noise "
+        "augmentation, TarFlow): a density of continuous noisy images, NOT a bound on the "
+        "discrete bpd, so never compare it with the bpd of other models"
+    ),
+    reduce=_mean_log_weight,
+)
+
 IMPORTANCE_WEIGHTED_ABSENT = (
     "null: the model dequantizes uniformly (no variational dequantizer q(u|x) to "
     "importance-weight); the uniform dequantization bound is the number to report"
@@ -87,7 +99,10 @@ IMPORTANCE_WEIGHTED_ABSENT = (
 
 def model_bounds(model: MultiscaleFlow) -> tuple[LikelihoodBound, ...]:
     """The bounds to report for ``model``, its training bound first: uniform dequantization,
-    or the variational and importance-weighted bounds of a variational dequantizer."""
+    or the variational and importance-weighted bounds of a variational dequantizer; for a
+    noise-augmented model, its noisy-image density (not a bound: ``NOISE_AUGMENTED``)."""
+    if getattr(model, "noise_sigma", None) is not None:
+        return (NOISE_AUGMENTED,)
     if model.dequantizer is None:
         return (UNIFORM_DEQUANTIZATION,)
     return (VARIATIONAL_DEQUANTIZATION, IMPORTANCE_WEIGHTED)
@@ -116,6 +131,7 @@ def per_image_bounds(
     bounds: Sequence[LikelihoodBound],
     samples: int = 1,
     seed: int = 0,
+    progress: bool = False,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Bits per dim of every image under each of ``bounds``, all from the same draws:
     ``{bound.name: float64 (N,)}``, with the labels ``(N,)``.
@@ -123,15 +139,16 @@ def per_image_bounds(
     ``batches`` yields ``(uint8 (B, C, H, W), long (B,))``. Batch ``i`` draws its noise from
     ``torch.Generator().manual_seed(seed + i)``, as ``FlowModule``'s test step does, so
     ``samples=1``, ``seed=1234`` and the run's eval batch size reproduce its ``test/bpd``.
+    ``progress`` draws a bar over the batches (`glowlab.tools.progress.track`).
     """
-    if samples < 1:
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples={samples} must be >= 1 (noise draws per image)")
     if not bounds:
         raise ValueError("bounds is empty; pass at least one LikelihoodBound")
     device = next(model.parameters()).device
     bpd: dict[str, list[Tensor]] = {bound.name: [] for bound in bounds}
     labels = []
-    for i, (x, y) in enumerate(batches):
+    for i, (x, y) in enumerate(track(batches, "bits per dim", progress)):
         generator = torch.Generator().manual_seed(seed + i)
         x = x.to(device)
         y_model = model_labels(model, y.to(device))
@@ -150,6 +167,7 @@ def per_image_bpd(
     samples: int = 1,
     seed: int = 0,
     bound: LikelihoodBound | None = None,
+    progress: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Bits per dim of every image under ``bound`` (default: the model's training bound,
     ``model_bounds(model)[0]``): float64 ``(N,)``, with the labels ``(N,)``.
@@ -157,5 +175,5 @@ def per_image_bpd(
     Noise seeding as in ``per_image_bounds``.
     """
     bound = bound or model_bounds(model)[0]
-    bpd, labels = per_image_bounds(model, batches, [bound], samples, seed)
+    bpd, labels = per_image_bounds(model, batches, [bound], samples, seed, progress)
     return bpd[bound.name], labels

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from glowlab.cli import run_cli
 from glowlab.models.multiscale import MultiscaleFlow
-from glowlab.tools.cli import as_list, output_dir, write_json
+from glowlab.tools.cli import as_list, check_ckpt, check_device, check_int, output_dir, write_json
 from glowlab.tools.loading import (
     build_datamodule,
     images_at,
@@ -34,6 +34,7 @@ from glowlab.tools.loading import (
     split_loader,
 )
 from glowlab.tools.plots import labelled_grid
+from glowlab.tools.progress import track
 from glowlab.train import CONFIG_DIR
 
 
@@ -44,6 +45,7 @@ def attribute_direction(
     class_a: int,
     class_b: int,
     max_images: int = 1000,
+    progress: bool = False,
 ) -> list[Tensor]:
     """Per-level ``mean z | class_a - mean z | class_b``, shapes ``latent_shapes[l]``, from
     the first ``max_images`` images of ``batches`` (``(uint8 (B, C, H, W), long (B,))``)."""
@@ -54,7 +56,7 @@ def attribute_direction(
     device = next(model.parameters()).device
     sums = {c: [torch.zeros(s, dtype=torch.float64) for s in model.latent_shapes] for c in (0, 1)}
     counts, seen = [0, 0], 0
-    for x, labels in batches:
+    for x, labels in track(batches, "class means", progress):
         x, labels = x[: max_images - seen], labels[: max_images - seen]
         seen += len(x)
         zs = model.encode(x.to(device), model_labels(model, labels.to(device)))
@@ -97,7 +99,10 @@ def manipulate(
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The app: build the direction from ``cfg.split`` and apply it to ``cfg.indices``."""
-    model, run_config = load_flow(cfg.ckpt, cfg.device)
+    for option in ("class_a", "class_b"):
+        check_int(option, cfg[option], 0)
+    check_int("max_images", cfg.max_images, 1)
+    model, run_config = load_flow(check_ckpt(cfg.ckpt), check_device(cfg.device))
     datamodule = build_datamodule(run_config, cfg.get("data"), model)
     dataset = split_dataset(datamodule, cfg.split)
     if not datamodule.num_classes:
@@ -106,11 +111,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "(pick labelled data with data=<name>)"
         )
     indices, alphas = as_list(cfg.indices), as_list(cfg.alphas)
+    if not indices:
+        raise ValueError("indices=[] selects no image; pass e.g. indices=[0,1,2,3]")
     if not alphas or not all(isinstance(a, int | float) for a in alphas):
         raise ValueError(f"alphas={alphas} must be a list of numbers, e.g. alphas=[-1,0,1]")
     x, labels = images_at(dataset, indices, model.n_bits, "indices")
     loader = split_loader(datamodule, cfg.split, max_images=cfg.max_images)
-    direction = attribute_direction(model, loader, cfg.class_a, cfg.class_b, cfg.max_images)
+    direction = attribute_direction(
+        model, loader, cfg.class_a, cfg.class_b, cfg.max_images, cfg.progress
+    )
     images = manipulate(model, x, direction, alphas, model_labels(model, labels))
     out = output_dir(cfg)
     row_labels = [f"#{i}" for i in indices]

@@ -5,6 +5,8 @@ Examples::
     glowlab-sample ckpt=logs/train/runs/<time>/checkpoints/last.ckpt
     glowlab-sample ckpt=... n=16 temperatures=[0,0.5,1.0] seed=3
     glowlab-sample ckpt=... y=all          # class-conditional: one row per class
+    glowlab-sample ckpt=... y=3 guidance=1.5   # classifier-free guidance (label dropout)
+    glowlab-sample ckpt=... denoise=true   # Tweedie denoising (Gaussian noise augmentation)
 
 Writes ``samples_T<t>.png`` per temperature and ``temperatures.png`` (a row per temperature).
 """
@@ -23,9 +25,11 @@ from torchvision.utils import save_image
 
 from glowlab.cli import run_cli
 from glowlab.models.multiscale import MultiscaleFlow
-from glowlab.tools.cli import as_list, output_dir, write_json
+from glowlab.sampling import check_guidance
+from glowlab.tools.cli import as_list, check_ckpt, check_device, check_int, output_dir, write_json
 from glowlab.tools.loading import load_flow
 from glowlab.tools.plots import labelled_grid
+from glowlab.tools.progress import track
 from glowlab.train import CONFIG_DIR
 from glowlab.training.callbacks import image_grid
 
@@ -69,10 +73,22 @@ def sample_grids(
     y: Label = None,
     seed: int = 0,
     batch_size: int = 256,
+    progress: bool = False,
+    guidance: float | None = None,
+    denoise: bool = False,
 ) -> dict[float, Tensor]:
     """``{temperature: uint8 (N, C, H, W)}`` samples, decoded from one standard-normal draw
     (seeded by ``seed``) shared by every temperature; ``N = n`` (``n * num_classes`` with
-    ``y="all"``, see ``sample_labels``). Sampled in chunks of ``batch_size``."""
+    ``y="all"``, see ``sample_labels``). Sampled in chunks of ``batch_size``, with a progress bar
+    over the chunks if ``progress``. ``guidance``: classifier-free guidance weight ``w``
+    (None: the model's own; ``glowlab.sampling``); ``denoise``: Tweedie denoising for a model
+    trained with Gaussian noise augmentation (``MultiscaleFlow.denoise``)."""
+    if not isinstance(denoise, bool):
+        raise ValueError(f"denoise={denoise!r} must be true or false")
+    if denoise:
+        model.check_denoise()
+    if guidance is not None:
+        guidance = check_guidance(model, guidance)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r} must be a positive number of samples")
     temperatures = check_temperatures(temperatures)
@@ -80,14 +96,19 @@ def sample_grids(
     total = n if labels is None else len(labels)
     device = next(model.parameters()).device
     eps = model.latent_noise(total, seed)
+    check_int("batch_size", batch_size, 1)
     grids = {}
     for t in temperatures:
         chunks = []
-        for start in range(0, total, batch_size):
+        starts = range(0, total, batch_size)
+        for start in track(starts, f"sampling T={t:g}", progress):
             part = slice(start, start + batch_size)
             y_part = None if labels is None else labels[part].to(device)
             noise = [e[part].to(device) for e in eps]
-            chunks.append(model.sample(len(noise[0]), t, y=y_part, eps=noise).cpu())
+            images = model.sample(
+                len(noise[0]), t, y=y_part, eps=noise, guidance=guidance, denoise=denoise
+            )
+            chunks.append(images.cpu())
         grids[t] = torch.cat(chunks)
     return grids
 
@@ -112,10 +133,13 @@ def save_sample_figures(
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The app: sample ``cfg.ckpt`` at ``cfg.temperatures`` and write the grids."""
-    model, _ = load_flow(cfg.ckpt, cfg.device)
+    model, _ = load_flow(check_ckpt(cfg.ckpt), check_device(cfg.device))
     temperatures = check_temperatures(cfg.temperatures)
     y = cfg.y
-    grids = sample_grids(model, cfg.n, temperatures, y, cfg.seed, cfg.batch_size)
+    guidance, denoise = cfg.get("guidance"), cfg.get("denoise", False)
+    grids = sample_grids(
+        model, cfg.n, temperatures, y, cfg.seed, cfg.batch_size, cfg.progress, guidance, denoise
+    )
     out = output_dir(cfg)
     paths = save_sample_figures(grids, model.n_bits, out, cfg.n if y == "all" else None)
     summary = {
@@ -124,6 +148,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "temperatures": temperatures,
         "y": y,
         "seed": cfg.seed,
+        "guidance": guidance,
+        "denoise": denoise,
         "files": [str(p) for p in paths],
     }
     write_json(out / "sample.json", summary)

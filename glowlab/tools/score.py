@@ -33,7 +33,7 @@ from torch import Tensor
 from glowlab.cli import run_cli
 from glowlab.data import ImageDataModule
 from glowlab.models.multiscale import MultiscaleFlow
-from glowlab.tools.cli import output_dir, write_json
+from glowlab.tools.cli import check_ckpt, check_device, check_int, output_dir, write_json
 from glowlab.tools.images import image_files, read_images
 from glowlab.tools.likelihood import per_image_bpd
 from glowlab.tools.loading import SPLITS, build_datamodule, file_labels, load_flow, split_loader
@@ -78,16 +78,19 @@ def score_files(
     seed: int = 0,
     batch_size: int = 64,
     y: int | None = None,
+    progress: bool = False,
 ) -> Tensor:
     """Bits per dim, float64 ``(N,)``, of image files (read, resized and converted by
-    ``read_images``); ``y`` labels them for a class-conditional model."""
+    ``read_images``); ``y`` labels them for a class-conditional model; ``progress`` draws a
+    bar over the batches."""
+    check_int("batch_size", batch_size, 1)
     x = read_images(paths, model.image_shape, model.n_bits)
     labels = file_labels(model, len(x), y)
     labels = torch.zeros(len(x), dtype=torch.long) if labels is None else labels
     batches = [
         (x[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(x), batch_size)
     ]
-    return per_image_bpd(model, batches, samples, seed)[0]
+    return per_image_bpd(model, batches, samples, seed, progress=progress)[0]
 
 
 def _score(
@@ -102,10 +105,10 @@ def _score(
     source = str(source)
     if source in SPLITS:
         loader = split_loader(data(), source, cfg.batch_size, max_images)
-        bpd, labels = per_image_bpd(model, loader, cfg.samples, cfg.seed)
+        bpd, labels = per_image_bpd(model, loader, cfg.samples, cfg.seed, progress=cfg.progress)
         return Scored(role, source, bpd, [f"{source}[{i}]" for i in range(len(bpd))], labels)
     paths = image_files(source, role)
-    bpd = score_files(model, paths, cfg.samples, cfg.seed, cfg.batch_size, cfg.y)
+    bpd = score_files(model, paths, cfg.samples, cfg.seed, cfg.batch_size, cfg.y, cfg.progress)
     labels = torch.full((len(bpd),), -1 if cfg.y is None else cfg.y)
     return Scored(role, source, bpd, [str(p) for p in paths], labels)
 
@@ -125,9 +128,9 @@ def write_scores_csv(path: Path, groups: Sequence[Scored], train_mean: float | N
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The app: score ``cfg.inputs`` (and ``cfg.reference``) and write the report."""
-    if cfg.train_images < 1:
-        raise ValueError(f"train_images={cfg.train_images} must be >= 1")
-    model, run_config = load_flow(cfg.ckpt, cfg.device)
+    check_int("train_images", cfg.train_images, 1)
+    check_int("max_images", cfg.max_images, 1, optional=True)
+    model, run_config = load_flow(check_ckpt(cfg.ckpt), check_device(cfg.device))
     data = functools.cache(lambda: build_datamodule(run_config, cfg.get("data"), model))
     groups = [_score(cfg, model, data, cfg.inputs, "inputs", cfg.max_images)]
     summary: dict[str, Any] = {

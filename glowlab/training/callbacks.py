@@ -1,15 +1,19 @@
-"""Callbacks: sample grids, an invertibility monitor, checkpoints, and stopping at a signal."""
+"""Callbacks: EMA of the weights, sample grids, an invertibility monitor, checkpoints, and
+stopping at a signal."""
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
 
@@ -23,12 +27,176 @@ def image_grid(images: torch.Tensor, n_bits: int, nrow: int | None = None) -> to
     return make_grid(floats, nrow=nrow or max(1, int(len(images) ** 0.5)), padding=2, pad_value=1)
 
 
+class EMA(EMAWeightAveraging):
+    """Exponential moving average of the weights: Lightning's ``EMAWeightAveraging`` with the
+    guarantees glowlab's evaluation, tools and exact resume rely on.
+
+    After every counted optimizer step ``k`` (every ``update_every_n_steps`` steps, from
+    ``update_starting_at_step``), ``θ̄_1 = θ_1`` and ``θ̄_k = d·θ̄_{k−1} + (1 − d)·θ_k`` for each
+    parameter, ``d = decay`` (Flow++ used 0.999; no bias correction). Buffers are not averaged
+    (ActNorm's ``initialized`` flag, permutations): they are copied from the live model.
+
+    - validation (sanity check included) evaluates ``θ̄``, and so do the sample grid and the
+      reconstruction check (``evaluated_flow``);
+    - every checkpoint's ``state_dict`` holds ``θ̄`` (what ``trainer.test`` and every tool load),
+      ``current_model_state`` the live weights ``θ`` and ``averaging_state`` the count, so a
+      resume continues both exactly (also from a save in the middle of a validation);
+    - after ``fit`` the module holds ``θ̄`` and ``test`` evaluates ``θ̄``.
+
+    Changes to Lightning's class: the swaps copy in place through the parameters (so the
+    cached 1×1-convolution weights, keyed on version counters, see the new values), ``test``
+    keeps the ``θ̄`` of ``state_dict`` instead of reloading the live weights, buffers whose
+    shape changed in training (power-iteration vectors) are re-matched, and fit ends with a
+    swap rather than a copy, so the live weights stay in the last checkpoint.
+
+    Args:
+        decay: ``d`` in ``[0, 1)``.
+        update_every_n_steps: update after every N-th optimizer step.
+        update_starting_at_step: first (zero-based) step index to update at (None: 0).
+        device: where ``θ̄`` lives (None: the model's device; ``"cpu"`` saves GPU memory).
+
+    References: Polyak & Juditsky, "Acceleration of stochastic approximation by averaging",
+    1992; Ho et al., "Flow++", 2019 (EMA 0.999).
+    """
+
+    def __init__(
+        self,
+        decay: float = 0.999,
+        update_every_n_steps: int = 1,
+        update_starting_at_step: int | None = None,
+        device: str | None = None,
+    ) -> None:
+        if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 <= decay < 1:
+            raise ValueError(
+                f"callbacks.ema.decay={decay!r} must be in [0, 1) (0.999 is usual, 0 keeps "
+                "the last weights)"
+            )
+        for option, value, low in (
+            ("update_every_n_steps", update_every_n_steps, 1),
+            ("update_starting_at_step", update_starting_at_step, 0),
+        ):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < low
+            ):
+                raise ValueError(f"callbacks.ema.{option}={value!r} must be an integer >= {low}")
+        super().__init__(
+            device=device,
+            use_buffers=False,
+            decay=float(decay),
+            update_every_n_steps=update_every_n_steps,
+            update_starting_at_step=update_starting_at_step,
+        )
+        self.decay = float(decay)
+        self.swapped = False  # True while the module holds θ̄ and the average model holds θ
+
+    # ------------------------------------------------------------------ the weights
+    @property
+    def averaging(self) -> bool:
+        """True while training keeps an average (from the start of ``fit``)."""
+        return self._average_model is not None
+
+    def averaged_module(self, pl_module: L.LightningModule) -> L.LightningModule:
+        """The module that holds ``θ̄`` right now (``pl_module`` itself while swapped)."""
+        if self._average_model is None or self.swapped:
+            return pl_module
+        return self._average_model.module
+
+    def _pairs(self, pl_module: L.LightningModule):
+        average = self._average_model.module
+        return zip(
+            itertools.chain(average.parameters(), average.buffers()),
+            itertools.chain(pl_module.parameters(), pl_module.buffers()),
+            strict=True,
+        )
+
+    def _match_buffers(self, pl_module: L.LightningModule) -> None:
+        """Give the average model's buffers the live ones' shapes where training changed them."""
+        average = self._average_model.module
+        for (name, mine), (_, live) in zip(
+            average.named_buffers(), pl_module.named_buffers(), strict=True
+        ):
+            if mine.shape != live.shape:
+                owner, _, leaf = name.rpartition(".")
+                module = average.get_submodule(owner) if owner else average
+                module._buffers[leaf] = live.detach().clone().to(mine.device)
+
+    @torch.no_grad()
+    def _swap_models(self, pl_module: L.LightningModule) -> None:
+        self._match_buffers(pl_module)
+        for average, current in self._pairs(pl_module):
+            held = average.detach().clone()
+            average.copy_(current.detach())
+            current.copy_(held)
+        self.swapped = not self.swapped
+
+    @torch.no_grad()
+    def _copy_average_to_current(self, pl_module: L.LightningModule) -> None:
+        self._match_buffers(pl_module)
+        for average, current in self._pairs(pl_module):
+            current.copy_(average.detach())
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.swapped = False
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            self._average_model.module.eval()  # never trained: only swapped and sampled
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._average_model is not None:
+            self._match_buffers(pl_module)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if self._average_model is not None and not self.swapped:
+            self._swap_models(pl_module)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self._average_model is not None and self.swapped:
+            self._swap_models(pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._average_model is not None and not self.swapped:
+            self._swap_models(pl_module)  # the module keeps θ̄; θ stays saved (on_save_checkpoint)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if self._average_model is None or not self.swapped:
+            super().on_save_checkpoint(trainer, pl_module, checkpoint)
+            return
+        # swapped: checkpoint["state_dict"] (the module's) already holds θ̄; θ is in the average
+        state = self._average_model.state_dict()
+        checkpoint["current_model_state"] = {
+            name[len("module.") :]: value
+            for name, value in state.items()
+            if name.startswith("module.")
+        }
+        checkpoint["averaging_state"] = {
+            name: value for name, value in state.items() if not name.startswith("module.")
+        }
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if trainer.state.fn != TrainerFn.FITTING or self._average_model is None:
+            return  # test/validate: the module keeps state_dict, which is θ̄
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
+def evaluated_flow(trainer: L.Trainer, pl_module: L.LightningModule) -> MultiscaleFlow:
+    """The flow whose weights validation reports: ``θ̄`` when an ``EMA`` callback averages,
+    else the module's own."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, EMA):
+            return callback.averaged_module(pl_module).model
+    return pl_module.model
+
+
 class SampleGrid(L.Callback):
     """After each validation, decode one fixed noise draw at every temperature.
 
     Writes ``{dirpath}/step{N}_T{t}.png`` and ``{dirpath}/latest_T{t}.png`` and logs the
     grids to TensorBoard under ``samples/T={t}``. Using the same standard-normal noise for
-    every temperature and every epoch shows how the samples evolve.
+    every temperature and every epoch shows how the samples evolve. With ``EMA`` the grids
+    show the averaged weights (``evaluated_flow``).
     """
 
     def __init__(
@@ -55,7 +223,7 @@ class SampleGrid(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        model: MultiscaleFlow = pl_module.model
+        model = evaluated_flow(trainer, pl_module)
         was_training = model.training
         model.eval()
         eps = [e.to(pl_module.device) for e in model.latent_noise(self.n, self.seed)]
@@ -92,7 +260,7 @@ class ReconstructionMonitor(L.Callback):
         if self._batch is None:
             return
         x, labels = self._batch
-        model: MultiscaleFlow = pl_module.model
+        model = evaluated_flow(trainer, pl_module)
         y = labels if model.num_classes else None
         v, _ = model.dequantize(x.to(model._dtype()), noise=0.5)
         v_back = model.invert(model.flow(v, y).latents, y)

@@ -32,8 +32,11 @@ class FlowModule(L.LightningModule):
     Logs ``train/<each objective term>``, ``{val,test}/bpd`` and its parts: ``*/prior_bpd``
     (from ``log p(z)``), ``*/logdet_bpd`` (from the logdet, including the dequantisation's
     ``n_bits``) and ``*/dequant_bpd`` (from ``-log q(u|x)`` of a variational dequantizer; 0
-    for uniform), so ``bpd = prior_bpd + logdet_bpd + dequant_bpd``. Validation and test use
-    a fixed noise draw per batch, so their bpd is reproducible.
+    for uniform), so ``bpd = prior_bpd + logdet_bpd + dequant_bpd``. A noise-augmented model
+    logs ``*/noisy_bpd`` and its ``noisy_*`` parts instead (``model.metric_name``; the density
+    of the noisy images, not a bpd of the data). Validation and test use a fixed noise draw
+    per batch, so their numbers are reproducible. With the ``EMA`` callback, validation and
+    test evaluate the averaged weights.
 
     Args:
         model: the flow.
@@ -145,7 +148,7 @@ class FlowModule(L.LightningModule):
             self.trainer.should_stop = True
             return None  # skip the update: the parameters stay finite
         for name, value in objective.logs.items():
-            self.log(f"train/{name}", value, prog_bar=name == "bpd")
+            self.log(f"train/{name}", value, prog_bar=name == self.model.metric_name)
         return loss
 
     def _eval_step(self, stage: str, batch, batch_idx: int) -> None:
@@ -161,7 +164,7 @@ class FlowModule(L.LightningModule):
             self.log(
                 f"{stage}/{name}",
                 metric,
-                prog_bar=name == "bpd",
+                prog_bar=name == self.model.metric_name,
                 on_epoch=True,
                 metric_attribute=f"metrics.{key}",
             )

@@ -13,7 +13,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from glowlab.data import ImageDataModule
@@ -120,10 +120,39 @@ def build_model(cfg: DictConfig, datamodule: ImageDataModule) -> MultiscaleFlow:
     )
 
 
-def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
+def metric_key(key: str, metric_name: str) -> str:
+    """``key`` (``val/bpd``, ``test/prior_bpd``, ...) renamed for a model that reports
+    ``metric_name``: ``val/bpd`` -> ``val/noisy_bpd`` for a noise-augmented model, so that
+    its density of noisy images is never read as (or compared with) a discrete-data bpd;
+    unchanged for ``metric_name="bpd"`` and for keys that are not a bpd."""
+    prefix = metric_name.removesuffix("bpd")
+    stage, sep, name = key.rpartition("/")
+    if not prefix or not name.endswith("bpd") or name.startswith(prefix):
+        return key
+    return f"{stage}{sep}{prefix}{name}"
+
+
+def follow_metric(callbacks: list[L.Callback], metric_name: str) -> None:
+    """Point every ``ModelCheckpoint`` monitoring a bpd at the model's own name (``val/bpd``
+    -> ``val/noisy_bpd``), in its ``monitor`` and in the ``{val/bpd...}`` of its file name."""
+    for callback in callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.monitor:
+            renamed = metric_key(callback.monitor, metric_name)
+            if renamed != callback.monitor and callback.filename:
+                callback.filename = callback.filename.replace(
+                    "{" + callback.monitor, "{" + renamed
+                ).replace("-bpd{", f"-{metric_name}{{")
+            callback.monitor = renamed
+
+
+def build_callbacks(
+    cfg: DictConfig, has_logger: bool, metric_name: str = "bpd"
+) -> list[L.Callback]:
     """The configured callbacks (minus those that need a logger when there is none) and
-    :class:`StopOnSignal`, which makes SIGTERM/SIGINT save a resumable ``last.ckpt``."""
+    :class:`StopOnSignal`, which makes SIGTERM/SIGINT save a resumable ``last.ckpt``.
+    Checkpoint monitors follow the model's ``metric_name`` (``follow_metric``)."""
     callbacks = instantiate_nodes(cfg.get("callbacks"))
+    follow_metric(callbacks, metric_name)
     if not has_logger:
         dropped = [type(c).__name__ for c in callbacks if isinstance(c, NEEDS_LOGGER)]
         if dropped:
@@ -152,7 +181,7 @@ def build_run(cfg: DictConfig) -> RunObjects:
     loggers = instantiate_nodes(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=build_callbacks(cfg, bool(loggers)),
+        callbacks=build_callbacks(cfg, bool(loggers), model.metric_name),
         logger=loggers or False,
         plugins=build_plugins(),
     )
