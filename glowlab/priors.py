@@ -80,8 +80,9 @@ class LearnedPrior(GaussianPrior):
     (Glow's class-conditional top prior) and ``y`` is required.
 
     Classifier-free guidance (``label_dropout > 0``): the embedding gets one more row, the
-    "null" class ``num_classes``, and in training mode ``log_prob`` replaces each label by the
-    null class with probability ``label_dropout``, so the prior also learns the unconditional
+    "null" class ``num_classes``; in training mode the model (``MultiscaleFlow``) replaces
+    each label by the null class with probability ``label_dropout``, so the prior also learns
+    the unconditional
     ``p(z) = N(μ_∅, σ_∅²)``; ``y=None`` then means the null class. ``sample`` with
     ``guidance = w`` draws from ``N(μ_w, σ_y²)``,
 
@@ -132,16 +133,6 @@ class LearnedPrior(GaussianPrior):
             d_mean, d_log_scale = offset.chunk(2, dim=1)
             mean, log_scale = mean + d_mean, log_scale + d_log_scale
         return mean.expand(-1, -1, *shape[1:]), log_scale.expand(-1, -1, *shape[1:])
-
-    def log_prob(
-        self, z: Tensor, context: Tensor | None = None, y: Tensor | None = None
-    ) -> Tensor:
-        null = self.null_class
-        if self.training and null is not None and y is not None:
-            check_labels(y, self.num_classes)
-            dropped = torch.rand(y.shape[0], device=y.device) < self.label_dropout
-            y = torch.where(dropped, torch.full_like(y, null), y)
-        return super().log_prob(z, context, y)
 
     def sample(self, n, shape, context=None, y=None, temperature=1.0, eps=None):
         if not self.guidance:

@@ -27,9 +27,10 @@ Density (data → latent) takes one parallel pass. The inverse is autoregressive
   and ``last_jacobi_iterations`` records the count. Numerical, so ``exact_inverse`` is False.
 
 Class conditioning (``num_classes``): a class embedding is added to every token; index
-``num_classes`` is the "null" class. In training each label is replaced by the null class
-with probability ``label_dropout`` (classifier-free guidance training); ``cond=None`` means
-the null class. With ``guidance = w ≠ 0`` the *inverse* (sampling) uses the guided parameters
+``num_classes`` is the "null" class, trained when ``label_dropout > 0``: the model
+(``MultiscaleFlow``) replaces each label by it with that probability, one draw per image
+shared by all blocks (classifier-free guidance training); ``cond=None`` means the null class.
+With ``guidance = w ≠ 0`` the *inverse* (sampling) uses the guided parameters
 ``θ = θ_c + w·(θ_c − θ_∅)`` of the conditioner's raw outputs (the paper's guidance on ``μ``
 and ``α``; for ``scale="exp"`` the raw output is ``α`` itself); the forward (density) never
 uses guidance, so with ``w ≠ 0`` ``inverse`` is deliberately not the inverse of ``forward``.
@@ -200,11 +201,10 @@ class TarFlowBlock(Bijection):
             tokens = tokens.flip(1)
         return unpatchify(tokens, self.patch_size, self.image_shape)
 
-    def _labels(
-        self, cond: Tensor | None, batch: int, device: torch.device, drop: bool = True
-    ) -> Tensor | None:
-        """Class indices ``(B,)``: the null class for ``cond=None``; with ``drop``, label
-        dropout in training (never in the inverse)."""
+    def _labels(self, cond: Tensor | None, batch: int, device: torch.device) -> Tensor | None:
+        """Class indices ``(B,)``: the null class for ``cond=None``. Label dropout is the
+        model's (``MultiscaleFlow`` drops a label once for all blocks), so ``cond`` may hold
+        the null class itself when the block was built with ``label_dropout``."""
         if not self.num_classes:
             return None
         null = self.num_classes
@@ -215,11 +215,9 @@ class TarFlowBlock(Bijection):
                 f"cond must be class labels of shape ({batch},) and dtype long, got "
                 f"{tuple(cond.shape)} {cond.dtype}"
             )
-        if cond.numel() and (cond.min() < 0 or cond.max() >= null):
-            raise ValueError(f"cond must hold class indices in [0, {null}), got {cond.tolist()}")
-        if drop and self.training and self.label_dropout:
-            dropped = torch.rand(batch, device=device) < self.label_dropout
-            cond = torch.where(dropped, torch.full_like(cond, null), cond)
+        top = null + 1 if self.label_dropout else null
+        if cond.numel() and (cond.min() < 0 or cond.max() >= top):
+            raise ValueError(f"cond must hold class indices in [0, {top}), got {cond.tolist()}")
         return cond
 
     def _embed(self, tokens: Tensor, start: int, labels: Tensor | None) -> Tensor:
@@ -255,7 +253,7 @@ class TarFlowBlock(Bijection):
 
     def _inverse_labels(self, cond: Tensor | None, batch: int, device) -> Tensor | None:
         """Labels for sampling: ``[labels; null]`` (batch doubled) when guidance is on."""
-        labels = self._labels(cond, batch, device, drop=False)
+        labels = self._labels(cond, batch, device)
         if labels is None or not self.guidance:
             return labels
         return torch.cat([labels, torch.full_like(labels, self.num_classes)])
@@ -348,9 +346,10 @@ def configure_sampling(
         if inversion is not None:
             block.inversion = inversion
         if guidance is not None:
-            if guidance and not block.num_classes:
+            if guidance and not (block.num_classes and block.label_dropout):
                 raise ValueError(
-                    "guidance needs a class-conditional model: build with num_classes"
+                    "guidance needs a class-conditional model whose null class was trained: "
+                    "build with num_classes and label_dropout > 0 (e.g. 0.1)"
                 )
             block.guidance = float(guidance)
         if jacobi_tolerance is not None:

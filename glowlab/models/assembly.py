@@ -165,4 +165,5 @@ def assemble(
         num_classes or None,
         dequantizer=dequantizer,
         noise_sigma=dequantization.noise_sigma,
+        label_dropout=label_dropout,
     )

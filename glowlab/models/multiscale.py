@@ -117,6 +117,7 @@ class MultiscaleFlow(nn.Module):
         num_classes: int | None = None,
         dequantizer: VariationalDequantizer | None = None,
         noise_sigma: float | None = None,
+        label_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.image_shape = tuple(int(s) for s in image_shape)
@@ -137,6 +138,7 @@ class MultiscaleFlow(nn.Module):
         self.levels = nn.ModuleList(levels)
         self.n_bits = n_bits
         self.num_classes = num_classes
+        self.label_dropout = float(label_dropout)
 
     @property
     def dims(self) -> int:
@@ -193,6 +195,15 @@ class MultiscaleFlow(nn.Module):
         if self.num_classes and not (y is None and guided_parts(self)):
             check_labels(y, self.num_classes)
 
+    def _drop_labels(self, y: Tensor | None) -> Tensor | None:
+        """Classifier-free guidance training: in training mode each label becomes the null
+        class ``num_classes`` with probability ``label_dropout``: one draw per image, shared
+        by every part the label conditions (prior, Transformer blocks)."""
+        if not (self.training and self.label_dropout and y is not None):
+            return y
+        dropped = torch.rand(y.shape[0], device=y.device) < self.label_dropout
+        return torch.where(dropped, torch.full_like(y, self.num_classes), y)
+
     # ----------------------------------------------------------------- density
     def forward(
         self, x: Tensor, y: Tensor | None = None, noise: Tensor | float | None = None
@@ -202,6 +213,7 @@ class MultiscaleFlow(nn.Module):
         dequantisation and ``u = q``'s draw at ``ε = Φ⁻¹(noise)`` for a variational one."""
         self.check_images(x)
         self._check_y(y)
+        y = self._drop_labels(y)
         x = x.to(self._dtype())
         if self.dequantizer is None:
             v, logdet = self.dequantize(x, noise=noise)

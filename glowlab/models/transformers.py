@@ -107,6 +107,7 @@ def tarflow(
     # Labels condition the blocks, not the prior: the model needs them (MultiscaleFlow checks
     # and passes y to every level's transform) while its prior stays N(0, I).
     model.num_classes = num_classes or None
+    model.label_dropout = label_dropout  # one label draw per image for all blocks
     return model
 
 
