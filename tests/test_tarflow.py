@@ -279,6 +279,7 @@ MODELS = {
         heads=2,
         transform=transform_factory("spline", bins=4),
         num_classes=3,
+        label_dropout=0.1,
         preprocess="logit",
     ),
     "jet": lambda: jet((1, 8, 8), patch_size=2, couplings=5, block_depth=1, width=16, heads=2),
