@@ -18,7 +18,7 @@ from glowlab.data import ImageDataModule
 from glowlab.data.datamodule import BatchTransform
 from glowlab.migration import translate_checkpoint
 from glowlab.models.multiscale import MultiscaleFlow
-from glowlab.training.checkpoints import check_config_unchanged, load_checkpoint
+from glowlab.training.checkpoints import load_checkpoint
 from glowlab.validation import choose
 
 SPLITS = ("train", "val", "test")
@@ -72,33 +72,6 @@ def load_flow(
             f"({str(error).splitlines()[0]}); was the checkpoint edited?"
         ) from None
     return model.to(resolve_device(str(device))).eval(), config
-
-
-def check_run_config(
-    ckpt_path: str | Path,
-    current: DictConfig | dict[str, Any],
-    allowed: Sequence[str] = (),
-    what: str = "evaluate",
-) -> None:
-    """Refuse a tool's ``model``/``data`` config that differs from the one saved in the
-    checkpoint in a way that changes the model (``ValueError`` listing the keys); keys in
-    ``allowed`` (a whole section by its name, ``"*"`` for any) are accepted. Only sections
-    present in ``current`` are compared, and null values mean "as saved"."""
-    if isinstance(current, DictConfig):
-        current = OmegaConf.to_container(current, resolve=True)
-    checkpoint = translate_checkpoint(load_checkpoint(ckpt_path))
-    saved = checkpoint["glowlab"].get("config") or {}
-    sections = tuple(s for s in ("model", "data") if s in current and s in saved)
-    given = {s: _as_saved(saved[s], current[s]) for s in sections}
-    check_config_unchanged(checkpoint, given, list(allowed), what=what, sections=sections)
-
-
-def _as_saved(saved: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
-    """``saved`` with the non-null values of ``given`` on top (a choice of ``_target_``
-    replaces it whole)."""
-    if "_target_" in given:
-        return dict(given)
-    return {**saved, **{k: v for k, v in given.items() if v is not None}}
 
 
 def build_datamodule(
