@@ -8,7 +8,8 @@ ActNorm initialisation on those images and a seeded perturbation of every parame
 fixture was written from the code before the composable-parts refactor (commit 5ded016).
 Since then ``ZeroConv2d`` stores its weight divided by a power-of-two step scale (Adam steps
 independent of the width); the perturbation is applied to the weight it applies, so the same
-functions are compared.
+functions are compared. The Transformer, flow-matching and RNODE presets were added to the
+fixture when they arrived (the older entries unchanged).
 """
 
 from __future__ import annotations
@@ -24,10 +25,15 @@ from hydra.utils import instantiate
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.conftest import CONF, FASHION_MNIST, model_config_shape, perturb_parameters  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    CONF,
+    FASHION_MNIST,
+    model_config_shape,
+    perturb_parameters,
+    shrunk,
+)
 
 REFERENCE = ROOT / "tests" / "data" / "preset_log_probs.json"
-SMALL = {"depth": 1}  # one step per level keeps the paper presets fast; the layout is theirs
 
 
 def preset_names() -> list[str]:
@@ -72,16 +78,18 @@ def reference_log_prob(model: torch.nn.Module, x: torch.Tensor) -> list[float]:
 
 
 def build(name: str, overrides: list[str] | None = None) -> torch.nn.Module:
+    """The preset, made small with ``shrunk`` (one step per level for the multiscale
+    recipes: the layout stays the preset's), at its test image shape."""
     cfg = compose_model(name, overrides)
     shape = model_config_shape(name)
     torch.manual_seed(0)
-    return instantiate(cfg, image_shape=shape, n_bits=8), shape
+    return instantiate(cfg, image_shape=shape, n_bits=8, **shrunk(cfg)), shape
 
 
 def main() -> None:
     values = {}
     for name in preset_names():
-        model, shape = build(name, [f"model.{k}={v}" for k, v in SMALL.items()])
+        model, shape = build(name)
         values[name] = reference_log_prob(model, real_images(shape))
         print(name, values[name])
     REFERENCE.write_text(json.dumps(values, indent=1) + "\n")

@@ -22,7 +22,6 @@ from glowlab.transforms import Affine, LogisticMixture
 from tests.conftest import compose_run
 from tests.preset_reference import (
     REFERENCE,
-    SMALL,
     build,
     model_config_shape,
     real_images,
@@ -65,7 +64,7 @@ PYTHON_API = {
 def test_preset_log_prob_is_unchanged_by_the_refactor(name: str) -> None:
     """float64 log p(x) of real images, after ActNorm init and a seeded perturbation, equals
     the value the code before the composable parts gave (tests/data/preset_log_probs.json)."""
-    model, shape = build(name, [f"model.{k}={v}" for k, v in SMALL.items()])
+    model, shape = build(name)
     got = torch.tensor(reference_log_prob(model, real_images(shape)), dtype=torch.float64)
     expected = torch.tensor(REFERENCE_VALUES[name], dtype=torch.float64)
     assert torch.allclose(got, expected, atol=1e-6, rtol=0), (name, got - expected)
@@ -82,12 +81,12 @@ def test_python_api_builds_the_same_model_as_the_config(name: str) -> None:
 
 
 def test_parts_compose_across_presets() -> None:
-    model, _ = build("maf", ["model.depth=1", "model/transform=spline", "model.transform.bins=5"])
+    model, _ = build("maf", ["model/transform=spline", "model.transform.bins=5"])
     layer = model.levels[0].transform.layers[2]  # Squeeze, ActNorm, MAF
     assert type(layer.transform).__name__ == "Spline" and layer.transform.bins == 5
-    model, _ = build("glow_cpu", ["model.depth=1", "model/conditioner=resnet"])
+    model, _ = build("glow_cpu", ["model/conditioner=resnet"])
     assert type(model.levels[0].transform.layers[3].net).__name__ == "ResNetConditioner"
-    model, _ = build("glow_small", ["model.depth=1", "model/prior=planar", "model.prior.layers=2"])
+    model, _ = build("glow_small", ["model/prior=planar", "model.prior.layers=2"])
     assert type(model.levels[-1].prior).__name__ == "PlanarPrior"
 
 

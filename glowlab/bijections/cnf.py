@@ -1,28 +1,48 @@
-"""Continuous normalizing flow on images (FFJORD, Grathwohl et al. 2019).
+"""Continuous normalizing flows on images: FFJORD's CNF block, RNODE's regularisers, and the
+generic ODE bijection that flow matching reuses.
 
-The block solves the ODE ``dx/dt = f(t, x)`` from ``t = 0`` to ``t = T`` with a learned
-velocity field ``f`` (a small conv net that also sees ``t``). By the instantaneous change of
-variables (Chen et al. 2018), ``d/dt log|det ∂x(t)/∂x(0)| = tr(∂f/∂x(t, x(t)))``, so the
-forward map integrates the augmented state ``(x, Δ)``::
+An :class:`ODEFlow` maps data to latent by solving ``dx/dt = f(t, x)`` from ``t_data`` to
+``t_latent``. By the instantaneous change of variables (Chen et al. 2018),
+``d/dt log|det ∂x(t)/∂x(t_data)| = tr(∂f/∂x(t, x(t)))``, so the forward map integrates the
+augmented state ``(x, Δ)``::
 
-    dx/dt = f(t, x),   dΔ/dt = tr(∂f/∂x),   x(0) = data, Δ(0) = 0
-    z = x(T),          logdet = log|det dz/dx| = Δ(T)
+    dx/dt = f(t, x),   dΔ/dt = tr(∂f/∂x),   x(t_data) = data, Δ(t_data) = 0
+    z = x(t_latent),   logdet = log|det dz/dx| = Δ(t_latent)
 
-(positive sign: ``log p(x) = log p(z) + Δ(T)``; FFJORD's ``d log p/dt = −tr`` is the same
-statement). The inverse integrates ``dx/dt = f`` from ``T`` back to ``0``; no trace is needed.
+(positive sign: ``log p(x) = log p(z) + Δ``; FFJORD's ``d log p/dt = −tr`` is the same
+statement, and for ``t_latent < t_data`` the solver integrates backwards, which gives
+``Δ = −∫ tr dt`` over the forward-time interval). The inverse integrates ``dx/dt = f`` from
+``t_latent`` back to ``t_data``; no trace is needed. FFJORD's :class:`CNF` runs ``0 → T``;
+the flow-matching bijection runs ``1 (data) → 0 (noise)``.
 
 Traces: ``"exact"`` sums the diagonal of ``∂f/∂x`` with one vector-Jacobian product per
 dimension (``D = C·H·W`` of them per function evaluation: only for tiny inputs);
 ``"hutchinson"`` uses the unbiased estimate ``vᵀ(∂f/∂x)v`` with one ``v`` (``E[vvᵀ] = I``)
 drawn per forward call and held fixed during the solve, as FFJORD does.
 
+RNODE (Finlay et al. 2020): in training, with ``kinetic_weight`` or ``jacobian_weight`` > 0,
+two more per-sample states are integrated by the same solve::
+
+    dK/dt = ½‖f(t, x)‖²,    dJ/dt = ‖vᵀ ∂f/∂x‖²   (E_v = ‖∂f/∂x‖_F²; exact trace: ‖∂f/∂x‖_F²)
+
+so ``K = ∫ ½‖f‖² dt`` (kinetic energy) and ``J = ∫ ‖∂f/∂x‖_F² dt`` (Jacobian Frobenius norm)
+over the block's time interval, both ``≥ 0`` whatever the direction. The Hutchinson ``J``
+reuses the trace's vector-Jacobian product ``vᵀ ∂f/∂x`` (no extra backward pass). The
+regulariser states do not steer the adaptive step size (the error norm covers ``x`` and
+``Δ`` only), so the solve of ``(x, Δ)`` — and the bpd — is the same with and without them.
+The block keeps them in ``last_regularizers``; the model adds ``λ_K K + λ_J J`` to its
+training loss (``glowlab.models.flow_matching.CNFFlow``).
+
 References: Chen et al., "Neural Ordinary Differential Equations", 2018; Grathwohl et al.,
 "FFJORD: Free-form Continuous Dynamics for Scalable Reversible Generative Models", 2019;
-Hutchinson, "A stochastic estimator of the trace of the influence matrix", 1989.
+Finlay et al., "How to Train Your Neural ODE: the World of Jacobian and Kinetic
+Regularization", 2020; Hutchinson, "A stochastic estimator of the trace of the influence
+matrix", 1989.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import pairwise
 
 import torch
@@ -37,6 +57,38 @@ from glowlab.validation import check_positive, choose
 ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
 FIXED_STEP_SOLVERS = ("euler", "midpoint", "rk4")
 TRACES = ("exact", "hutchinson")
+
+
+@dataclass(frozen=True)
+class SolverOptions:
+    """How to solve one ODE: an adaptive ``solver`` (``dopri5``, ``dopri8``, ``bosh3``,
+    ``adaptive_heun``) with tolerances ``rtol``/``atol``, or a fixed-step one (``euler``,
+    ``midpoint``, ``rk4``) with ``step_size``. ``prefix`` names the options in errors (e.g.
+    ``sample_`` for ``sample_solver``)."""
+
+    solver: str = "dopri5"
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    step_size: float | None = None
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        p = self.prefix
+        choose(f"{p}solver", self.solver, ADAPTIVE_SOLVERS + FIXED_STEP_SOLVERS)
+        check_positive(f"{p}rtol", self.rtol)
+        check_positive(f"{p}atol", self.atol)
+        if self.solver in FIXED_STEP_SOLVERS and self.step_size is None:
+            raise ValueError(
+                f"{p}solver={self.solver!r} takes fixed steps: pass {p}step_size, e.g. 0.1"
+            )
+        if self.solver in ADAPTIVE_SOLVERS and self.step_size is not None:
+            raise ValueError(
+                f"{p}step_size={self.step_size!r} is only for the fixed-step solvers "
+                f"{list(FIXED_STEP_SOLVERS)}; {p}solver={self.solver!r} picks its steps from "
+                f"{p}rtol/{p}atol"
+            )
+        if self.step_size is not None:
+            check_positive(f"{p}step_size", self.step_size)
 
 
 class ConcatConv2d(nn.Module):
@@ -76,20 +128,28 @@ class ConcatConvDynamics(nn.Module):
         return self.convs[-1](t, h)
 
 
+def _exact_jacobian_terms(f: Tensor, x: Tensor, create_graph: bool) -> tuple[Tensor, Tensor]:
+    """``(tr ∂f/∂x, ‖∂f/∂x‖_F²)`` per sample, each ``(B,)``, from the ``D`` Jacobian rows."""
+    f_flat = f.reshape(f.shape[0], -1)  # (B, D)
+    divergence = f.new_zeros(f.shape[0])
+    frobenius = f.new_zeros(f.shape[0])
+    for i in range(f_flat.shape[1]):
+        (row,) = torch.autograd.grad(
+            f_flat[:, i].sum(), x, retain_graph=True, create_graph=create_graph
+        )
+        row = row.reshape(row.shape[0], -1)  # (B, D): ∂f_i/∂x of each sample
+        divergence = divergence + row[:, i]
+        frobenius = frobenius + row.square().sum(dim=1)
+    return divergence, frobenius
+
+
 def exact_divergence(f: Tensor, x: Tensor, create_graph: bool) -> Tensor:
     """``tr(∂f/∂x)`` per sample, by one vector-Jacobian product per dimension: ``(B,)``.
 
     ``f`` must be computed from ``x`` (both ``(B, ...)``) with each sample depending on its own
     input only. Costs ``D = numel(x[0])`` backward passes.
     """
-    f_flat = f.reshape(f.shape[0], -1)  # (B, D)
-    divergence = f.new_zeros(f.shape[0])
-    for i in range(f_flat.shape[1]):
-        (row,) = torch.autograd.grad(
-            f_flat[:, i].sum(), x, retain_graph=True, create_graph=create_graph
-        )
-        divergence = divergence + row.reshape(row.shape[0], -1)[:, i]
-    return divergence
+    return _exact_jacobian_terms(f, x, create_graph)[0]
 
 
 def hutchinson_divergence(f: Tensor, x: Tensor, v: Tensor, create_graph: bool) -> Tensor:
@@ -101,57 +161,212 @@ def hutchinson_divergence(f: Tensor, x: Tensor, v: Tensor, create_graph: bool) -
     return sum_except_batch(v_jacobian * v)
 
 
+def _call(dynamics: nn.Module, t: Tensor, x: Tensor, cond: Tensor | None) -> Tensor:
+    """``dynamics(t, x)``, or ``dynamics(t, x, cond)`` for a conditional field."""
+    return dynamics(t, x) if cond is None else dynamics(t, x, cond)
+
+
 class _Velocity(nn.Module):
     """ODE right-hand side ``x -> f(t, x)`` for the inverse solve; counts its evaluations."""
 
-    def __init__(self, dynamics: ConcatConvDynamics) -> None:
+    def __init__(self, dynamics: nn.Module, cond: Tensor | None = None) -> None:
         super().__init__()
         self.dynamics = dynamics
+        self.cond = cond
         self.nfe = 0
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         self.nfe += 1
-        return self.dynamics(t, x)
+        return _call(self.dynamics, t, x, self.cond)
 
 
 class _VelocityAndDivergence(nn.Module):
-    """ODE right-hand side ``(x, Δ) -> (f(t, x), tr ∂f/∂x)``; counts its evaluations.
+    """ODE right-hand side ``(x, Δ[, K, J]) -> (f, tr ∂f/∂x[, ½‖f‖²·s, ‖vᵀ∂f/∂x‖²·s])``;
+    counts its evaluations.
 
-    ``noise`` is the fixed Hutchinson vector, or None for the exact trace. The trace needs
-    gradients wrt ``x`` even under ``torch.no_grad()``; the graph through the trace is kept
-    only when the caller records gradients (training, or the adjoint's backward solve).
+    ``noise`` is the fixed Hutchinson vector, or None for the exact trace. ``sign`` (±1, the
+    direction of integration) makes the regulariser integrals positive; with
+    ``regularize=False`` the state is ``(x, Δ)`` only. The trace needs gradients wrt ``x``
+    even under ``torch.no_grad()``; the graph through the trace is kept only when the caller
+    records gradients (training, or the adjoint's backward solve).
     """
 
-    def __init__(self, dynamics: ConcatConvDynamics, noise: Tensor | None) -> None:
+    def __init__(
+        self,
+        dynamics: nn.Module,
+        noise: Tensor | None,
+        cond: Tensor | None = None,
+        regularize: bool = False,
+        sign: float = 1.0,
+    ) -> None:
         super().__init__()
         self.dynamics = dynamics
         self.noise = noise
+        self.cond = cond
+        self.regularize = regularize
+        self.sign = sign
         self.nfe = 0
 
-    def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         self.nfe += 1
         x = state[0]
         keep_graph = torch.is_grad_enabled()
         with torch.enable_grad():
             if not (keep_graph and x.requires_grad):
                 x = x.detach().requires_grad_(True)
-            f = self.dynamics(t, x)
+            f = _call(self.dynamics, t, x, self.cond)
             if self.noise is None:
-                divergence = exact_divergence(f, x, create_graph=keep_graph)
+                divergence, frobenius = _exact_jacobian_terms(f, x, create_graph=keep_graph)
             else:
-                divergence = hutchinson_divergence(f, x, self.noise, create_graph=keep_graph)
+                (v_jacobian,) = torch.autograd.grad(f, x, self.noise, create_graph=keep_graph)
+                divergence = sum_except_batch(v_jacobian * self.noise)
+                frobenius = sum_except_batch(v_jacobian.square())
+        out: tuple[Tensor, ...] = (f, divergence)
+        if self.regularize:
+            kinetic = 0.5 * sum_except_batch(f.square())
+            out = (f, divergence, self.sign * kinetic, self.sign * frobenius)
         if not keep_graph:
-            return f.detach(), divergence.detach()
-        return f, divergence
+            return tuple(o.detach() for o in out)
+        return out
 
 
-class CNF(Bijection):
-    """Continuous normalizing flow block on ``(B, C, H, W)`` images (FFJORD).
+def _rms(x: Tensor) -> Tensor:
+    return x.abs().pow(2).mean().sqrt()
+
+
+def _flow_norm(state: tuple[Tensor, ...]) -> Tensor:
+    """torchdiffeq's default mixed norm (max of RMS norms) over ``(x, Δ)`` only: the RNODE
+    regulariser states ride along without steering the step size."""
+    return torch.max(_rms(state[0]), _rms(state[1]))
+
+
+class ODEFlow(Bijection):
+    """An ODE ``dx/dt = f(t, x[, cond])`` as a bijection on ``(B, C, H, W)`` tensors.
+
+    ``forward(x, cond) -> (z, logdet)`` integrates from ``t_data`` to ``t_latent``:
+    ``z = x(t_latent)``, ``logdet = log|det dz/dx|`` of shape ``(B,)`` (module docstring);
+    ``inverse(z, cond)`` integrates back. ``dynamics`` is any module ``(t, x) -> f`` (or
+    ``(t, x, cond) -> f`` when ``cond`` is given) whose output has ``x``'s shape and whose
+    samples depend on their own input only.
+
+    Args:
+        dynamics: the velocity field.
+        t_data, t_latent: the ends of the time interval (either order).
+        solve: the forward (density, encode) solve; ``inverse_solve`` the inverse (sampling,
+            decode), by default the same.
+        trace, eval_trace: ``"hutchinson"`` (one ``noise`` probe per forward call) or
+            ``"exact"``, in training / eval mode.
+        noise: ``"rademacher"`` or ``"gaussian"``.
+        adjoint: backpropagate with the adjoint method (memory constant in the steps).
+        kinetic_weight, jacobian_weight: RNODE's ``λ_K``, ``λ_J`` (``≥ 0``); either > 0 makes
+            a training-mode forward integrate ``K`` and ``J`` into ``last_regularizers``.
+
+    ``last_nfe``: function evaluations of the latest solve (the adjoint's backward solve is
+    not counted). ``last_regularizers``: ``{"kinetic": K, "jacobian": J}`` (each ``(B,)``) of
+    the latest regularised training forward, else None.
+
+    References: Chen et al. 2018; Grathwohl et al. 2019; Finlay et al. 2020.
+    """
+
+    exact_inverse = False  # the inverse is another ODE solve, exact to the tolerances
+
+    def __init__(
+        self,
+        dynamics: nn.Module,
+        t_data: float = 0.0,
+        t_latent: float = 1.0,
+        solve: SolverOptions | None = None,
+        inverse_solve: SolverOptions | None = None,
+        trace: str = "hutchinson",
+        eval_trace: str = "hutchinson",
+        noise: str = "rademacher",
+        adjoint: bool = False,
+        kinetic_weight: float = 0.0,
+        jacobian_weight: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if t_data == t_latent:
+            raise ValueError(f"t_data = t_latent = {t_data!r}: the time interval is empty")
+        self.solve = solve or SolverOptions()
+        self.inverse_solve = inverse_solve or self.solve
+        self.trace = choose("trace", trace, TRACES)
+        self.eval_trace = choose("eval_trace", eval_trace, TRACES)
+        self.noise = choose("noise", noise, NOISES)
+        check_positive("kinetic_weight", kinetic_weight, allow_zero=True)
+        check_positive("jacobian_weight", jacobian_weight, allow_zero=True)
+        self.t_data, self.t_latent = float(t_data), float(t_latent)
+        self.adjoint = adjoint
+        self.kinetic_weight, self.jacobian_weight = float(kinetic_weight), float(jacobian_weight)
+        self.dynamics = dynamics
+        self.last_nfe = 0
+        self.last_regularizers: dict[str, Tensor] | None = None
+
+    @property
+    def regularized(self) -> bool:
+        """True when RNODE's regularisers are on (either weight > 0)."""
+        return self.kinetic_weight > 0 or self.jacobian_weight > 0
+
+    def _solve(self, func: nn.Module, state, start: float, end: float, options: SolverOptions):
+        """Integrate ``func`` from ``start`` to ``end``; return the state at ``end``."""
+        reference = state[0] if isinstance(state, tuple) else state
+        times = torch.tensor([start, end], dtype=reference.dtype, device=reference.device)
+        extra = {}
+        if options.step_size is not None:
+            extra["step_size"] = options.step_size
+        if isinstance(state, tuple) and len(state) > 2:
+            extra["norm"] = _flow_norm
+        integrate = odeint_adjoint if self.adjoint else odeint
+        solution = integrate(
+            func,
+            state,
+            times,
+            rtol=options.rtol,
+            atol=options.atol,
+            method=options.solver,
+            options=extra or None,
+        )
+        self.last_nfe = func.nfe
+        if isinstance(solution, tuple):
+            return tuple(s[-1] for s in solution)
+        return solution[-1]
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        exact = (self.trace if self.training else self.eval_trace) == "exact"
+        regularize = self.training and self.regularized
+        sign = 1.0 if self.t_latent > self.t_data else -1.0
+        func = _VelocityAndDivergence(
+            self.dynamics,
+            None if exact else hutchinson_noise(x, self.noise),
+            cond,
+            regularize=regularize,
+            sign=sign,
+        )
+        zeros = x.new_zeros(x.shape[0])
+        state = (x, zeros, zeros, zeros) if regularize else (x, zeros)
+        out = self._solve(func, state, self.t_data, self.t_latent, self.solve)
+        self.last_regularizers = {"kinetic": out[2], "jacobian": out[3]} if regularize else None
+        return out[0], out[1]
+
+    def inverse(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
+        func = _Velocity(self.dynamics, cond)
+        return self._solve(func, z, self.t_latent, self.t_data, self.inverse_solve)
+
+    def regularization_loss(self) -> Tensor | None:
+        """``λ_K K + λ_J J`` per sample, ``(B,)``, of the latest regularised forward (in nats:
+        the caller normalises), or None when none was integrated."""
+        if self.last_regularizers is None:
+            return None
+        reg = self.last_regularizers
+        return self.kinetic_weight * reg["kinetic"] + self.jacobian_weight * reg["jacobian"]
+
+
+class CNF(ODEFlow):
+    """Continuous normalizing flow block on ``(B, C, H, W)`` images (FFJORD, RNODE).
 
     ``forward(x) -> (z, logdet)`` with ``z = x(T)`` and ``logdet = log|det dz/dx| = Δ(T)``,
     shape ``(B,)``; ``inverse(z) -> x`` integrates back from ``T`` to ``0``. ``T`` is
     ``time_length``; ``f`` is a :class:`ConcatConvDynamics` with ``hidden`` channels and
-    ``layers`` convolutions.
+    ``layers`` convolutions, or the given ``dynamics`` module ``(t, x) -> f``.
 
     - ``solver``: adaptive ``dopri5``, ``dopri8``, ``bosh3``, ``adaptive_heun`` (controlled by
       ``rtol``/``atol``), or fixed-step ``euler``, ``midpoint``, ``rk4`` (need ``step_size``).
@@ -160,15 +375,15 @@ class CNF(Bijection):
       unbiased *estimate*) or ``"exact"`` (``C·H·W`` backward passes per step: tiny inputs).
     - ``adjoint=True`` backpropagates with the adjoint method (``odeint_adjoint``): memory
       constant in the number of steps, at the price of a second solve backwards in time.
+    - ``kinetic_weight``/``jacobian_weight``: RNODE's ``λ_K``/``λ_J`` (0 = off; 0.01 each in
+      Finlay et al.'s CIFAR-10 runs): see :class:`ODEFlow` and the module docstring.
 
     ``last_nfe`` holds the number of function evaluations of the latest forward or inverse
-    solve (FFJORD-style monitoring; the adjoint's backward solve is not counted). ``cond`` is
-    accepted for the contract and ignored.
+    solve (FFJORD-style monitoring). ``cond`` is accepted for the contract and ignored.
 
-    References: Grathwohl et al., "FFJORD", 2019; Chen et al., "Neural ODEs", 2018.
+    References: Grathwohl et al., "FFJORD", 2019; Chen et al., "Neural ODEs", 2018; Finlay et
+    al., "How to Train Your Neural ODE", 2020.
     """
-
-    exact_inverse = False  # the inverse is another ODE solve, exact to the tolerances
 
     def __init__(
         self,
@@ -184,55 +399,30 @@ class CNF(Bijection):
         eval_trace: str = "hutchinson",
         noise: str = "rademacher",
         adjoint: bool = False,
+        kinetic_weight: float = 0.0,
+        jacobian_weight: float = 0.0,
+        dynamics: nn.Module | None = None,
     ) -> None:
-        super().__init__()
         for option, value in (("channels", channels), ("hidden", hidden), ("layers", layers)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{option}={value!r} must be a positive integer")
         check_positive("time_length", time_length)
-        check_positive("rtol", rtol)
-        check_positive("atol", atol)
-        self.solver = choose("solver", solver, ADAPTIVE_SOLVERS + FIXED_STEP_SOLVERS)
-        if solver in FIXED_STEP_SOLVERS and step_size is None:
-            raise ValueError(f"solver={solver!r} takes fixed steps: pass step_size, e.g. 0.1")
-        if solver in ADAPTIVE_SOLVERS and step_size is not None:
-            raise ValueError(
-                f"step_size={step_size!r} is only for the fixed-step solvers "
-                f"{list(FIXED_STEP_SOLVERS)}; solver={solver!r} picks its steps from rtol/atol"
-            )
-        if step_size is not None:
-            check_positive("step_size", step_size)
-        self.trace = choose("trace", trace, TRACES)
-        self.eval_trace = choose("eval_trace", eval_trace, TRACES)
-        self.noise = choose("noise", noise, NOISES)
-        self.time_length = time_length
-        self.rtol, self.atol, self.step_size = rtol, atol, step_size
-        self.adjoint = adjoint
-        self.dynamics = ConcatConvDynamics(channels, hidden, layers)
-        self.last_nfe = 0
-
-    def _solve(
-        self, func: nn.Module, state: Tensor | tuple[Tensor, Tensor], start: float, end: float
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """Integrate ``func`` from ``start`` to ``end``; return the state at ``end``."""
-        reference = state[0] if isinstance(state, tuple) else state
-        times = torch.tensor([start, end], dtype=reference.dtype, device=reference.device)
-        options = {"step_size": self.step_size} if self.step_size is not None else None
-        integrate = odeint_adjoint if self.adjoint else odeint
-        solution = integrate(
-            func, state, times, rtol=self.rtol, atol=self.atol, method=self.solver, options=options
+        super().__init__(
+            dynamics if dynamics is not None else ConcatConvDynamics(channels, hidden, layers),
+            t_data=0.0,
+            t_latent=time_length,
+            solve=SolverOptions(solver, rtol, atol, step_size),
+            trace=trace,
+            eval_trace=eval_trace,
+            noise=noise,
+            adjoint=adjoint,
+            kinetic_weight=kinetic_weight,
+            jacobian_weight=jacobian_weight,
         )
-        self.last_nfe = func.nfe
-        if isinstance(solution, tuple):
-            return tuple(s[-1] for s in solution)
-        return solution[-1]
+        self.time_length = time_length
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        exact = (self.trace if self.training else self.eval_trace) == "exact"
-        func = _VelocityAndDivergence(
-            self.dynamics, None if exact else hutchinson_noise(x, self.noise)
-        )
-        return self._solve(func, (x, x.new_zeros(x.shape[0])), 0.0, self.time_length)
+        return super().forward(x)  # the FFJORD field is unconditional
 
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
-        return self._solve(_Velocity(self.dynamics), z, self.time_length, 0.0)
+        return super().inverse(z)

@@ -1,0 +1,246 @@
+"""Flow matching as a glowlab flow: the exact-ODE log-likelihood against the brute-force
+Jacobian of the solve, an unbiased Hutchinson estimate, encode/decode, the CFM loss, the
+U-Net, the presets and a real training run."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from glowlab.bijections.cnf import SolverOptions
+from glowlab.models.flow_matching import FlowMatching, flow_matching
+from glowlab.nets.unet import UNet
+from glowlab.tools.loading import load_flow
+from glowlab.train import train
+from tests.conftest import FASHION_MNIST, compose_run, perturb_parameters
+
+SHAPE = (1, 2, 2)  # D = 4
+TIGHT = {"rtol": 1e-9, "atol": 1e-9}
+
+
+def _model(eval_trace: str = "exact", scale: float = 0.3, **options) -> FlowMatching:
+    """A float64 model on 1×2×2 images, its U-Net moved off the zero field."""
+    torch.manual_seed(0)
+    options = {
+        "width": 8,
+        "channel_mults": (1, 2),
+        "blocks": 1,
+        **TIGHT,
+        **options,
+    }
+    model = flow_matching(SHAPE, trace="exact", eval_trace=eval_trace, **options).double()
+    perturb_parameters(model, scale)
+    return model.eval()
+
+
+def _images(batch: int = 3) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (batch, *SHAPE), generator=gen).to(torch.uint8)
+
+
+def _noise(batch: int = 3) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(2)
+    return torch.rand(batch, *SHAPE, dtype=torch.float64, generator=gen)
+
+
+def test_log_prob_matches_brute_force_jacobian_of_the_ode() -> None:
+    model, x, u = _model(), _images(2), _noise(2)
+    with torch.no_grad():
+        log_prob = model.log_prob(x, noise=u)
+    v = (x.double() + u) / 256
+    h, preprocess_logdet = model.preprocess(v)
+    ode = model.ode
+    ode.eval_trace = "hutchinson"  # z does not depend on the trace; its graph is cheaper
+
+    def flow_map(hi: torch.Tensor) -> torch.Tensor:
+        return ode(hi.view(1, *SHAPE))[0].reshape(-1)
+
+    for i in range(x.shape[0]):
+        jac = torch.autograd.functional.jacobian(
+            flow_map, h[i].detach().reshape(-1), vectorize=True
+        )
+        sign, logdet = torch.linalg.slogdet(jac)
+        assert sign == 1 and logdet.abs() > 0.1  # orientation preserving, not the identity
+        z = flow_map(h[i].detach()).detach()
+        log_normal = -0.5 * (z.square().sum() + 4 * math.log(2 * math.pi))
+        expected = log_normal + logdet + preprocess_logdet[i] - 4 * 8 * math.log(2)
+        assert torch.allclose(log_prob[i], expected, atol=1e-7, rtol=0), (log_prob[i], expected)
+
+
+def test_fresh_model_is_the_identity_flow() -> None:
+    model = flow_matching(SHAPE, width=8, channel_mults=(1, 2), blocks=1).double().eval()
+    x, u = _images(), _noise()
+    with torch.no_grad():
+        out = model(x, noise=u)
+    h, preprocess_logdet = model.preprocess((x.double() + u) / 256)
+    assert torch.allclose(out.latents[0], h, atol=1e-12)
+    assert torch.allclose(out.logdet, preprocess_logdet - 4 * 8 * math.log(2), atol=1e-12)
+
+
+def test_hutchinson_log_prob_averages_to_the_exact_one() -> None:
+    x, u, draws, loose = _images(1), _noise(1), 500, {"rtol": 1e-7, "atol": 1e-7}
+    with torch.no_grad():
+        exact = _model("exact", **loose).log_prob(x, noise=u)
+        estimates = _model("hutchinson", **loose).log_prob(
+            x.repeat(draws, 1, 1, 1), noise=u.repeat(draws, 1, 1, 1)
+        )  # one probe per row
+    standard_error = estimates.std() / draws**0.5
+    assert estimates.std() > 0.05  # a noisy estimator: the check is not vacuous
+    assert (estimates.mean() - exact).abs() < 4 * standard_error
+
+
+def test_encode_decode_round_trip_within_solver_tolerance() -> None:
+    model, x = _model(), _images()
+    with torch.no_grad():
+        zs = model.encode(x)
+        assert torch.equal(model.decode(zs), x)
+        v = (x.double() + 0.5) / 256
+        assert torch.allclose(model.invert(model.flow(v).latents), v, atol=1e-7, rtol=0)
+        assert (zs[0] - model.preprocess(v)[0]).abs().max() > 0.1  # the ODE moved them
+
+
+def test_sampling_uses_the_sample_solver() -> None:
+    model = _model(sample_solver="rk4", sample_step_size=0.125)
+    torch.manual_seed(0)
+    samples = model.sample(5, temperature=0.7)
+    assert samples.shape == (5, *SHAPE) and samples.dtype == torch.uint8
+    assert model.ode.last_nfe == 4 * 8  # rk4: 4 evaluations per step, 1 / 0.125 steps
+    eps = model.latent_noise(5, seed=3)
+    with torch.no_grad():
+        z0 = model.sample(5, temperature=1.0, eps=eps)
+        assert torch.equal(z0, model.sample(5, temperature=1.0, eps=eps))  # deterministic ODE
+
+
+def test_cfm_loss_equals_a_direct_computation() -> None:
+    model = _model(sigma_min=0.01)
+    gen = torch.Generator().manual_seed(4)
+    x1 = torch.randn(3, *SHAPE, dtype=torch.float64, generator=gen)
+    x0 = torch.randn(3, *SHAPE, dtype=torch.float64, generator=gen)
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    loss = model.cfm_loss(x1, x0, t)
+    expected = 0.0
+    for i in range(3):
+        xt = (1 - 0.99 * t[i]) * x0[i] + t[i] * x1[i]
+        target = x1[i] - 0.99 * x0[i]
+        v = model.velocity(t[i : i + 1], xt[None])[0]
+        expected += (v - target).square().sum() / (3 * 4)
+    assert torch.allclose(loss, expected, rtol=1e-12) and loss > 0.1
+
+
+def test_objective_is_the_cfm_loss_of_its_draws() -> None:
+    model, x = _model().train(), _images()
+    torch.manual_seed(6)
+    objective = model.objective(x)
+    torch.manual_seed(6)  # the same draws, in the documented order: u, x0, t
+    u = torch.rand(x.shape, dtype=torch.float64)
+    x1, _ = model.preprocess((x.double() + u) / 256)
+    x0 = torch.randn_like(x1)
+    t = torch.rand(3, dtype=torch.float64)
+    assert set(objective.logs) == {"fm_loss"}
+    assert torch.equal(objective.loss, model.cfm_loss(x1, x0, t))
+    assert model.ode.last_nfe == 0  # no ODE solve in training
+    objective.loss.backward()
+    assert all(p.grad is not None for p in model.velocity.parameters())
+
+
+def test_unet_is_per_sample_class_conditional_and_any_size() -> None:
+    torch.manual_seed(0)
+    net = UNet(
+        1, width=8, channel_mults=(1, 2, 2), blocks=1, attention_levels=(1,), num_classes=3
+    ).double()
+    perturb_parameters(net, 0.2)
+    x = torch.randn(2, 1, 7, 5, dtype=torch.float64)  # odd sizes: 7×5 → 4×3 → 2×2 and back
+    t, y = torch.tensor([0.2, 0.8], dtype=torch.float64), torch.tensor([0, 2])
+    out = net(t, x, y)
+    assert out.shape == x.shape
+    assert torch.allclose(net(t[:1], x[:1], y[:1]), out[:1], atol=1e-12)  # per sample
+    assert (net(t, x, torch.tensor([1, 1])) - out).abs().max() > 1e-3  # the label matters
+    assert (net(t.flip(0), x, y) - out).abs().max() > 1e-3  # the time matters
+    fresh = UNet(1, width=8, channel_mults=(1, 2), blocks=1)
+    assert torch.equal(fresh(torch.tensor(0.5), x.float()), torch.zeros_like(x.float()))
+
+
+def test_class_conditional_model_needs_labels() -> None:
+    model = flow_matching(SHAPE, width=8, channel_mults=(1, 2), blocks=1, num_classes=3)
+    y = torch.tensor([0, 1, 2])
+    assert model.objective(_images(), y).loss > 0
+    with pytest.raises(ValueError, match="labels|y"):
+        model.objective(_images())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"prior": "planar"}, r"prior='planar'.*use prior=standard"),
+        ({"dequantization": "variational"}, r"dequantization='variational'.*uniform"),
+        ({"sample_solver": "rk4"}, r"sample_solver='rk4' takes fixed steps: pass sample_step"),
+        ({"sample_step_size": 0.1}, r"sample_step_size=0.1 needs a fixed-step sample_solver"),
+        ({"sample_rtol": 0.0}, r"sample_rtol=0.0 must be > 0"),
+        ({"solver": "euler"}, r"solver='euler' takes fixed steps: pass step_size"),
+        ({"eval_trace": "none"}, r"eval_trace='none'"),
+        ({"sigma_min": 1.0}, r"sigma_min=1.0 must be in \[0, 1\)"),
+        ({"channel_mults": []}, r"channel_mults=\[\] needs one positive multiplier"),
+        ({"attention_levels": [3]}, r"attention_levels=\[3\] must be level indices in 0..2"),
+        ({"width": 12, "heads": 5, "attention_levels": [0]}, r"heads=5 must divide the 12"),
+        ({"dropout": 1.0}, r"dropout=1.0 must be in \[0, 1\)"),
+    ],
+)
+def test_bad_options_name_the_option(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        flow_matching((1, 28, 28), **{"width": 8, **options})
+
+
+def test_paper_preset_has_the_papers_size() -> None:
+    cfg = compose_run(Path("/tmp"), ["model=fm_paper"])
+    model = instantiate(cfg.model, image_shape=[3, 32, 32], n_bits=8)
+    assert isinstance(model, FlowMatching)
+    params = sum(p.numel() for p in model.parameters())
+    assert abs(params - 35.7e6) < 0.1e6, params  # Lipman et al. 2023: 35.7M
+    assert model.ode.solve.rtol == model.ode.solve.atol == 1e-5
+
+
+@pytest.mark.slow
+def test_fm_trains_and_its_checkpoint_works(tmp_path: Path, fmnist_images) -> None:
+    if not FASHION_MNIST.is_dir():
+        pytest.skip("Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
+    overrides = [
+        "model=fm",
+        "model.width=8",
+        "model.rtol=1e-3",
+        "model.atol=1e-3",
+        "data.train_subset=512",
+        "data.batch_size=32",
+        "data.eval_batch_size=16",
+        "module.optimizer.lr=5e-3",
+        "module.scheduler.warmup_steps=2",
+        "trainer=cpu",
+        "trainer.max_epochs=-1",
+        "trainer.max_steps=30",
+        "trainer.log_every_n_steps=1",
+        "+trainer.limit_val_batches=1",
+        "+trainer.limit_test_batches=1",
+        "callbacks=minimal",
+        "logger=csv",
+    ]
+    metrics = train(compose_run(tmp_path, overrides))
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
+    curve = [float(r["train/fm_loss"]) for r in rows if r.get("train/fm_loss")]
+    assert len(curve) >= 25
+    assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5 - 0.1, curve
+    val = [float(r["val/bpd"]) for r in rows if r.get("val/bpd")]
+    assert val and 0 < val[-1] < 16 and 0 < metrics["test/bpd"] < 16
+    assert not any(r.get("train/bpd") for r in rows)  # no likelihood is computed in training
+
+    model, _ = load_flow(metrics["best_checkpoint"])
+    assert isinstance(model, FlowMatching)
+    x = fmnist_images[:4]
+    model.ode.solve = model.ode.inverse_solve = SolverOptions("dopri5", 1e-7, 1e-7)
+    with torch.no_grad():
+        assert torch.equal(model.decode(model.encode(x)), x)
+    samples = model.sample(2, temperature=1.0)
+    assert samples.shape == (2, 1, 28, 28) and samples.dtype == torch.uint8
