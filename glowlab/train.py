@@ -148,6 +148,7 @@ def fit_and_test(cfg: DictConfig, run: RunObjects) -> dict[str, Any]:
         for key in ("val/bpd", "train/bpd"):
             key = metric_key(key, run.model.metric_name)
             metrics[key] = _metric(trainer, key)
+    fitted = time.perf_counter()
     if cfg.test:
         best = _best_checkpoint(trainer) if cfg.train else ckpt_path
         trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False)
@@ -159,6 +160,7 @@ def fit_and_test(cfg: DictConfig, run: RunObjects) -> dict[str, Any]:
         steps=trainer.global_step,
         epochs=trainer.current_epoch,
         wall_time_s=round(time.perf_counter() - started, 2),
+        fit_time_s=round(fitted - started, 2),
         parameters=sum(p.numel() for p in run.model.parameters()),
         best_checkpoint=_best_checkpoint(trainer),
         sample_grid=_sample_grid_path(trainer),

@@ -197,4 +197,3 @@ class FlowModule(L.LightningModule):
         restore_rng_state(checkpoint["glowlab"]["rng_state"])
         # on_load_checkpoint runs before configure_optimizers: the schedule keeps its length
         self.total_steps = checkpoint["glowlab"].get("total_steps")
-
