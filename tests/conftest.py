@@ -100,6 +100,41 @@ def compose_run(run_dir: Path, overrides: list[str], config_name: str = "train")
     return cfg
 
 
+BRIEF_RUN = [
+    "data.train_subset=512",
+    "data.batch_size=32",
+    "data.eval_batch_size=64",
+    "trainer=cpu",
+    "trainer.max_epochs=-1",
+    "trainer.log_every_n_steps=1",
+    "++trainer.limit_val_batches=1",
+    "++trainer.limit_test_batches=1",
+    "callbacks=minimal",
+    "logger=csv",
+]
+"""A few logged steps on real Fashion-MNIST (512 training images), one eval batch each."""
+
+
+def train_briefly(run_dir: Path, overrides: list[str], steps: int):
+    """Train ``steps`` steps with ``BRIEF_RUN`` then ``overrides`` (which win); return the
+    run's metrics and the rows of its CSV log."""
+    import csv
+
+    from glowlab.train import train
+
+    if not FASHION_MNIST.is_dir():
+        pytest.skip("Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
+    cfg = compose_run(run_dir, [*BRIEF_RUN, f"trainer.max_steps={steps}", *overrides])
+    metrics = train(cfg)
+    rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+    return metrics, rows
+
+
+def logged(rows: list[dict], key: str) -> list[float]:
+    """The values of ``key`` over the CSV log's rows that have it."""
+    return [float(row[key]) for row in rows if row.get(key)]
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """Train a tiny Glow for 2 epochs on synthetic 8×8 images; return its run dir."""

@@ -4,7 +4,6 @@ training loss changed and the bpd not, and a real training run."""
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -15,8 +14,7 @@ from torch import nn
 
 from glowlab.bijections.cnf import CNF, ODEFlow, SolverOptions
 from glowlab.models.families import ffjord
-from glowlab.train import train
-from tests.conftest import FASHION_MNIST, compose_run, perturb_parameters
+from tests.conftest import perturb_parameters, train_briefly
 
 SHAPE = (1, 2, 2)  # D = 4
 D = 4
@@ -195,28 +193,15 @@ def test_negative_weights_are_refused(option: str) -> None:
 
 @pytest.mark.slow
 def test_ffjord_rnode_trains_and_logs_its_regularizers(tmp_path: Path) -> None:
-    if not FASHION_MNIST.is_dir():
-        pytest.skip("Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
     overrides = [
         "model=ffjord_rnode",
         "model.depth=1",
         "model.width=8",
         "data.train_subset=256",
-        "data.batch_size=32",
-        "data.eval_batch_size=64",
         "module.optimizer.lr=5e-3",
         "module.scheduler.warmup_steps=2",
-        "trainer=cpu",
-        "trainer.max_epochs=-1",
-        "trainer.max_steps=8",
-        "trainer.log_every_n_steps=1",
-        "+trainer.limit_val_batches=1",
-        "+trainer.limit_test_batches=1",
-        "callbacks=minimal",
-        "logger=csv",
     ]
-    metrics = train(compose_run(tmp_path, overrides))
-    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
+    metrics, rows = train_briefly(tmp_path, overrides, steps=8)
     train_rows = [r for r in rows if r.get("train/loss")]
     assert len(train_rows) >= 6
     for row in train_rows[1:]:  # (step 0: fresh blocks are f ≡ 0, so K = J = 0)

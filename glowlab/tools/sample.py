@@ -13,6 +13,7 @@ Writes ``samples_T<t>.png`` per temperature and ``temperatures.png`` (a row per 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 from torchvision.utils import save_image
 
+from glowlab.bijections.tarflow import INVERSIONS, configure_sampling, tarflow_blocks
 from glowlab.cli import run_cli
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.sampling import check_guidance
@@ -32,6 +34,7 @@ from glowlab.tools.plots import labelled_grid
 from glowlab.tools.progress import track
 from glowlab.train import CONFIG_DIR
 from glowlab.training.callbacks import image_grid
+from glowlab.validation import choose
 
 Label = int | str | None
 
@@ -131,15 +134,33 @@ def save_sample_figures(
     return paths
 
 
+def _autoregressive_inversion(model, inversion: str | None, tolerance: float | None) -> list:
+    """Set the TarFlow blocks' inversion (``sequential``/``jacobi``) and Jacobi tolerance
+    where given; returns the blocks (none for other families, which refuse the options)."""
+    blocks = tarflow_blocks(model)
+    if (inversion is not None or tolerance is not None) and not blocks:
+        raise ValueError(
+            "inversion= and jacobi_tolerance= apply to TarFlow models only; drop them"
+        )
+    if blocks:
+        if inversion is not None:
+            choose("inversion", inversion, INVERSIONS)
+        configure_sampling(model, inversion=inversion, jacobi_tolerance=tolerance)
+    return blocks
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The app: sample ``cfg.ckpt`` at ``cfg.temperatures`` and write the grids."""
     model, _ = load_flow(check_ckpt(cfg.ckpt), check_device(cfg.device))
     temperatures = check_temperatures(cfg.temperatures)
     y = cfg.y
     guidance, denoise = cfg.get("guidance"), cfg.get("denoise", False)
+    blocks = _autoregressive_inversion(model, cfg.get("inversion"), cfg.get("jacobi_tolerance"))
+    started = time.perf_counter()
     grids = sample_grids(
         model, cfg.n, temperatures, y, cfg.seed, cfg.batch_size, cfg.progress, guidance, denoise
     )
+    seconds = time.perf_counter() - started
     out = output_dir(cfg)
     paths = save_sample_figures(grids, model.n_bits, out, cfg.n if y == "all" else None)
     summary = {
@@ -150,8 +171,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "guidance": guidance,
         "denoise": denoise,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(cfg.n * len(temperatures) / seconds, 2),
         "files": [str(p) for p in paths],
     }
+    if blocks:
+        summary["inversion"] = blocks[0].inversion
+        if blocks[0].inversion == "jacobi":  # of the last batch, per block in model order
+            summary["jacobi_iterations"] = [b.last_jacobi_iterations for b in blocks]
     write_json(out / "sample.json", summary)
     print(f"glowlab-sample: {len(temperatures)} grids of {cfg.n} samples | {paths[-1]}")
     return summary
