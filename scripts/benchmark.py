@@ -125,6 +125,14 @@ def _gather_throughput(result: dict) -> dict | None:
     }
 
 
+def _plain(value):
+    """A setting as JSON can hold it: a part factory (``functools.partial``) by its name."""
+    if isinstance(value, functools.partial):
+        options = ", ".join(f"{k}={v!r}" for k, v in value.keywords.items())
+        return f"{value.func.__name__}({options})"
+    return value
+
+
 def benchmark(
     preset: str,
     overrides: dict,
@@ -176,7 +184,7 @@ def benchmark(
         "settings": {
             "model": builder,
             "image_shape": list(shape),
-            **kwargs,
+            **{key: _plain(value) for key, value in kwargs.items()},
             "batch_size": batch_size,
             "channels_last": channels_last,
             "compile": compile_mode,
