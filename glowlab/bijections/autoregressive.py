@@ -33,18 +33,21 @@ networks" / "Conditional image generation with PixelCNN decoders", 2016; Kingma 
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glowlab.bijections.base import Bijection, sum_except_batch
-from glowlab.transforms import Affine, ElementwiseTransform, TransformFactory, transform_factory
+from glowlab.transforms import (
+    CENTRED_AFFINE,
+    ElementwiseTransform,
+    TransformFactory,
+    transform_factory,
+)
 from glowlab.validation import check_positive, choose
 
 DIRECTIONS = ("maf", "iaf")
-DEFAULT_TRANSFORM = functools.partial(Affine, scale="soft_clamp", centred=True, bound=3.0)
+DEFAULT_TRANSFORM = CENTRED_AFFINE
 
 
 def autoregressive_conv_mask(

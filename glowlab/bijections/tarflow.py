@@ -53,15 +53,15 @@ from torch import Tensor, nn
 
 from glowlab.bijections.base import Bijection, sum_except_batch
 from glowlab.bijections.vit import Transformer, check_heads, check_patch_size, patchify, unpatchify
-from glowlab.transforms import ElementwiseTransform, TransformFactory, transform_factory
+from glowlab.transforms import (
+    CENTRED_AFFINE,
+    ElementwiseTransform,
+    TransformFactory,
+    transform_factory,
+)
 from glowlab.validation import check_positive, choose
 
 INVERSIONS = ("sequential", "jacobi")
-
-
-def tarflow_affine() -> TransformFactory:
-    """TarFlow's transform: ``z = (x − μ)·exp(−α)`` with ``α`` soft-clamped to ``±3``."""
-    return transform_factory("affine", scale="soft_clamp", centred=True)
 
 
 class TarFlowBlock(Bijection):
@@ -135,7 +135,7 @@ class TarFlowBlock(Bijection):
         self.bf16 = bf16
         self.last_jacobi_iterations: int | None = None
         self.transform: ElementwiseTransform = transform_factory(
-            tarflow_affine() if transform is None else transform
+            CENTRED_AFFINE if transform is None else transform
         )(channels=self.dim)
         n_params = self.transform.n_params
         self.embed = nn.Linear(self.dim, width)
@@ -359,4 +359,4 @@ def configure_sampling(
     return blocks
 
 
-__all__ = ["INVERSIONS", "TarFlowBlock", "configure_sampling", "tarflow_affine", "tarflow_blocks"]
+__all__ = ["INVERSIONS", "TarFlowBlock", "configure_sampling", "tarflow_blocks"]

@@ -23,12 +23,12 @@ import functools
 from glowlab.bijections.base import Bijection
 from glowlab.bijections.coupling import Coupling
 from glowlab.bijections.permutations import ChannelPermutation
-from glowlab.bijections.tarflow import TarFlowBlock, tarflow_affine
+from glowlab.bijections.tarflow import TarFlowBlock
 from glowlab.bijections.vit import Patchify, ViTConditioner, check_patch_size
 from glowlab.models.assembly import Shape, assemble, check_shape
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.models.parts import DequantizationChoice, PriorChoice
-from glowlab.transforms import TransformFactory, transform_factory
+from glowlab.transforms import CENTRED_AFFINE, TransformFactory, transform_factory
 from glowlab.validation import check_positive
 
 SPATIAL_SPLITS = (("checkerboard", 0), ("checkerboard", 1), ("stripe", 0), ("stripe", 1))
@@ -80,7 +80,7 @@ def tarflow(
     image_shape = check_shape(image_shape, levels=1, squeezes=0)
     check_patch_size(patch_size, image_shape[1], image_shape[2])
     check_positive("blocks", blocks)
-    factory = tarflow_affine() if transform is None else transform_factory(transform)
+    factory = CENTRED_AFFINE if transform is None else transform_factory(transform)
     layers_: list[Bijection] = [
         TarFlowBlock(
             image_shape,

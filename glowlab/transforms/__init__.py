@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 
-from glowlab.transforms.affine import Additive, Affine
+from glowlab.transforms.affine import CENTRED_AFFINE, Additive, Affine
 from glowlab.transforms.base import ElementwiseTransform, TransformFactory
 from glowlab.transforms.mixture import LogisticMixture
 from glowlab.transforms.spline import Spline
@@ -32,6 +32,7 @@ def transform_factory(transform: str | TransformFactory, **options) -> Transform
 
 __all__ = [
     "BUILTIN",
+    "CENTRED_AFFINE",
     "Additive",
     "Affine",
     "ElementwiseTransform",

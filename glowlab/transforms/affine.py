@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -78,6 +80,11 @@ class Affine(ElementwiseTransform):
     def split_params(self, h: Tensor) -> Tensor:
         b, pc, *rest = h.shape
         return h.reshape(b, 2, pc // 2, *rest).movedim(1, -1)
+
+
+CENTRED_AFFINE = functools.partial(Affine, scale="soft_clamp", centred=True, bound=3.0)
+"""The affine transform of MAF and TarFlow, ``z = (x − μ)·exp(−α)`` with ``α = 3·tanh(a/3)``
+(the config node ``model/transform=affine_centred``)."""
 
 
 class Additive(ElementwiseTransform):
