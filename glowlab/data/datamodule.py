@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from glowlab.data.sources import SOURCES, Request, resolve_shape
+from glowlab.data import cache, streaming
+from glowlab.data.sources import SOURCES, RawData, Request, resolve_shape
 
 CARVED_TEST_FRACTION = 10  # datasets without a test split give 1/10 of their images to test
 CARVED_TEST_SEED = 0  # carved test sets do not depend on `seed`
 SUBSET_EVAL_RATIO = 5  # with train_subset=N, val and test keep at most max(N // 5, 1) images
+FORMATS = ("raw", "memmap", "litdata")
+log = logging.getLogger("glowlab.data")
 
 
 def dataset_names() -> tuple[str, ...]:
@@ -56,6 +60,14 @@ class ImageDataModule(L.LightningDataModule):
     ``max(N // 5, 1)`` val and test images. Labels are zeros for unlabeled datasets
     (``num_classes == 0``). ``root=None`` means the dataset's default location
     (Fashion-MNIST: ``/usr/share/datasets/fashion-mnist``, others ``data/<name>``).
+
+    ``format`` picks the reader (the splits, order and batches are the same for all three):
+    ``raw`` decodes the source files into memory in every process; ``memmap`` prepares them
+    once into ``cache_dir`` (`glowlab.data.cache`; ``None``: ``<root>/prepared``) and memory-maps
+    the arrays; ``litdata`` reads litdata chunks at ``stream_dir`` (a folder or ``s3://``/
+    ``gs://`` URL; ``None``: converted from the prepared cache into ``<cache>/litdata``). The
+    cache and a local conversion are written in ``prepare_data`` (local rank 0 of each node);
+    the other ranks wait for them in ``setup``.
     """
 
     def __init__(
@@ -73,6 +85,9 @@ class ImageDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         channels: int | None = None,
+        format: str = "raw",
+        cache_dir: str | None = None,
+        stream_dir: str | None = None,
     ) -> None:
         super().__init__()
         if name not in SOURCES:
@@ -86,6 +101,7 @@ class ImageDataModule(L.LightningDataModule):
         _check_int("train_subset", train_subset, 1, optional=True)
         _check_int("image_size", image_size, 1, optional=True)
         _check_int("num_workers", num_workers, 0)
+        _check_format(name, format, stream_dir)
         self.save_hyperparameters()
         self.name = name
         self.source = SOURCES[name]
@@ -101,6 +117,9 @@ class ImageDataModule(L.LightningDataModule):
         self.download = download
         self.num_workers = num_workers
         self.seed = seed
+        self.format = format
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else self.root / "prepared"
+        self.stream_dir = stream_dir
         self._num_classes = self.source.num_classes
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -117,15 +136,20 @@ class ImageDataModule(L.LightningDataModule):
         return self._num_classes
 
     def prepare_data(self) -> None:
-        """Download the dataset (only with ``download=True``) by loading it once."""
-        if self.download:
-            self.source.load(self._request())
+        """Once per node: download the dataset (``download=True``) and, for ``memmap`` and a
+        local ``litdata`` folder, write what is missing or stale."""
+        if self.format == "raw":
+            if self.download:
+                self.source.load(self._request())
+        elif not self._remote():
+            self._open(build=True)
 
     def setup(self, stage: str | None = None) -> None:
         """Load the data and build all three splits (once; later calls do nothing)."""
         if self.train_set is not None:
             return
-        raw = self.source.load(self._request())
+        trainer = self.trainer
+        raw = self._open(build=trainer is None or trainer.local_rank == 0)
         pool = torch.arange(len(raw.pool))
         if raw.test is None:
             if len(pool) < 2:
@@ -168,6 +192,34 @@ class ImageDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self._require(self.test_set), self.eval_batch_size, train=False)
 
+    def _remote(self) -> bool:
+        return self.format == "litdata" and streaming.is_remote(self.stream_dir or "")
+
+    def _open(self, build: bool) -> RawData:
+        """The pool and test split in the chosen format; a missing cache or conversion is
+        written here if ``build``, else waited for (another rank writes it)."""
+        req = self._request()
+        if self.format == "raw":
+            return self.source.load(req)
+        if self._remote():
+            key = cache.cache_path(self.cache_dir, self.name, req).name
+            download = self.cache_dir / "litdata-downloads" / key
+            return streaming.open_litdata(
+                self.stream_dir, self._shape, self.source.num_classes, download
+            )
+        if build:
+            info = cache.prepare(self.name, req, self.cache_dir, log.info)
+        else:
+            info = cache.wait_for(self.name, req, self.cache_dir)
+        if self.format == "memmap":
+            return cache.open_cache(info)
+        location = Path(self.stream_dir).expanduser() if self.stream_dir else info.path / "litdata"
+        if build:
+            streaming.prepare_litdata(info, location, max(self.num_workers, 1), log.info)
+        else:
+            streaming.wait_for_litdata(info, location)
+        return streaming.open_litdata(location, self._shape, info.num_classes, location)
+
     def _request(self) -> Request:
         channels, size, _ = self._shape
         return Request(self.root, size, channels, self.download, self.seed)
@@ -199,6 +251,25 @@ def _split(indices: torch.Tensor, n_last: int, seed: int) -> tuple[torch.Tensor,
     perm = indices[torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed))]
     cut = len(perm) - n_last
     return perm[:cut], perm[cut:]
+
+
+def _check_format(name: str, format: str, stream_dir: str | None) -> None:
+    """Raise ValueError unless ``format`` is a reader that dataset ``name`` supports."""
+    if format not in FORMATS:
+        raise ValueError(
+            f"format={format!r} is not a data format; set data.format to {', '.join(FORMATS)}"
+        )
+    if format != "raw" and not SOURCES[name].preparable:
+        ready = ", ".join(n for n, s in SOURCES.items() if s.preparable)
+        raise ValueError(
+            f"data.format={format} needs a dataset stored as one array per split ({ready}); "
+            f"{name} is read file by file or generated: set data.format=raw"
+        )
+    if stream_dir is not None and format != "litdata":
+        raise ValueError(
+            f"data.stream_dir={stream_dir} is read only with data.format=litdata; set it or "
+            "drop data.stream_dir"
+        )
 
 
 def _check_int(

@@ -4,7 +4,9 @@ Every loader takes a `Request` and returns `RawData`: the pool that train and va
 from, and the official test split (``None`` where the dataset has none). Items are
 ``(x, y)`` with ``x`` uint8 ``(C, H, W)`` and ``y`` a long scalar. In-memory sources (IDX,
 CIFAR-10, ImageNet npz, synthetic) hold one uint8 tensor ``(N, C, H, W)`` per split; CelebA and
-image folders decode their files lazily.
+image folders decode their files lazily. Sources read from files that are one array per split
+also name those files (``Source.files``), so that they can be prepared into a memory-mapped
+cache (`glowlab.data.cache`).
 """
 
 from __future__ import annotations
@@ -99,7 +101,9 @@ class Source:
 
     ``shape`` is the default ``(C, H, W)``; ``resizable`` sources accept any ``image_size``;
     ``channel_options`` lists the allowed ``channels`` (empty: only the default).
-    ``num_classes`` is ``None`` when only loading tells (0 means "no labels").
+    ``num_classes`` is ``None`` when only loading tells (0 means "no labels"). ``files``
+    lists the files ``load`` reads (downloading them first where ``Request.download`` allows,
+    else `DatasetNotFoundError`); sources without it cannot be prepared into a cache.
     """
 
     load: Callable[[Request], RawData]
@@ -108,6 +112,12 @@ class Source:
     default_root: str | None
     resizable: bool = False
     channel_options: tuple[int, ...] = ()
+    files: Callable[[Request], list[Path]] | None = None
+
+    @property
+    def preparable(self) -> bool:
+        """Whether the source is one array per split read from ``files`` (memmap / litdata)."""
+        return self.files is not None
 
 
 # ----------------------------------------------------------------------------- IDX (MNIST-like)
@@ -124,8 +134,8 @@ def _torchvision_download(class_name: str, root: Path, **kwargs: object) -> None
     getattr(torchvision.datasets, class_name)(root=str(root), download=True, **kwargs)
 
 
-def _load_idx_source(req: Request, class_name: str, how_to_get: str) -> RawData:
-    """Read the four (optionally gzipped) IDX files from ``root`` or ``root/<class>/raw``."""
+def _idx_files(req: Request, class_name: str, how_to_get: str) -> list[Path]:
+    """The four (optionally gzipped) IDX files in ``root`` or ``root/<class>/raw``."""
     dirs = [req.root, req.root / class_name / "raw"]
     paths = [_find(dirs, [f"{stem}.gz", stem]) for stem in _IDX_FILES]
     if None in paths and req.download:
@@ -137,6 +147,12 @@ def _load_idx_source(req: Request, class_name: str, how_to_get: str) -> RawData:
             f"{class_name} not found: {absent} missing in {req.root} "
             f"(also looked in {dirs[1]}). {how_to_get}"
         )
+    return paths
+
+
+def _load_idx_source(req: Request, class_name: str, how_to_get: str) -> RawData:
+    """Read the four IDX files (`_idx_files`) into a pool and a test split."""
+    paths = _idx_files(req, class_name, how_to_get)
     train_x, train_y, test_x, test_y = (read_idx(p) for p in paths)
     return RawData(
         pool=_idx_dataset(train_x, train_y, paths[0], paths[1]),
@@ -161,24 +177,36 @@ def _idx_dataset(
     return TensorImageDataset(images.unsqueeze(1), labels)
 
 
+_FASHION_MNIST_HOW = (
+    "Get it with `apt-get install dataset-fashion-mnist` (installs it into "
+    f"{FASHION_MNIST_ROOT}, the default data.root), or set data.download=true to "
+    "download it with torchvision into data.root, or point data.root=<dir> at a folder "
+    f"holding {', '.join(f'{s}.gz' for s in _IDX_FILES)}."
+)
+_MNIST_HOW = (
+    "Set data.download=true to download it with torchvision into data.root, or point "
+    f"data.root=<dir> at a folder holding {', '.join(f'{s}.gz' for s in _IDX_FILES)}."
+)
+
+
+def fashion_mnist_files(req: Request) -> list[Path]:
+    """The four Fashion-MNIST IDX files (`_idx_files`)."""
+    return _idx_files(req, "FashionMNIST", _FASHION_MNIST_HOW)
+
+
 def load_fashion_mnist(req: Request) -> RawData:
     """Fashion-MNIST, 1x28x28, 60000 train (pool) / 10000 test, 10 classes."""
-    how = (
-        "Get it with `apt-get install dataset-fashion-mnist` (installs it into "
-        f"{FASHION_MNIST_ROOT}, the default data.root), or set data.download=true to "
-        "download it with torchvision into data.root, or point data.root=<dir> at a folder "
-        f"holding {', '.join(f'{s}.gz' for s in _IDX_FILES)}."
-    )
-    return _load_idx_source(req, "FashionMNIST", how)
+    return _load_idx_source(req, "FashionMNIST", _FASHION_MNIST_HOW)
+
+
+def mnist_files(req: Request) -> list[Path]:
+    """The four MNIST IDX files (`_idx_files`)."""
+    return _idx_files(req, "MNIST", _MNIST_HOW)
 
 
 def load_mnist(req: Request) -> RawData:
     """MNIST, 1x28x28, 60000 train (pool) / 10000 test, 10 classes."""
-    how = (
-        "Set data.download=true to download it with torchvision into data.root, or point "
-        f"data.root=<dir> at a folder holding {', '.join(f'{s}.gz' for s in _IDX_FILES)}."
-    )
-    return _load_idx_source(req, "MNIST", how)
+    return _load_idx_source(req, "MNIST", _MNIST_HOW)
 
 
 # ----------------------------------------------------------------------------- CIFAR-10
@@ -198,8 +226,8 @@ def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(data), torch.from_numpy(labels)
 
 
-def load_cifar10(req: Request) -> RawData:
-    """CIFAR-10, 3x32x32, 50000 train (pool) / 10000 test, 10 classes."""
+def cifar10_files(req: Request) -> list[Path]:
+    """``data_batch_1`` ... ``data_batch_5`` and ``test_batch`` of ``cifar-10-batches-py``."""
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     candidates = [req.root / "cifar-10-batches-py", req.root]
     folder = next((d for d in candidates if all((d / n).is_file() for n in names)), None)
@@ -212,8 +240,14 @@ def load_cifar10(req: Request) -> RawData:
             "Set data.download=true to download it with torchvision into data.root, or point "
             "data.root=<dir> at the folder that contains cifar-10-batches-py/."
         )
-    train = [_read_cifar_batch(folder / n) for n in names[:-1]]
-    test_x, test_y = _read_cifar_batch(folder / names[-1])
+    return [folder / name for name in names]
+
+
+def load_cifar10(req: Request) -> RawData:
+    """CIFAR-10, 3x32x32, 50000 train (pool) / 10000 test, 10 classes."""
+    *train_files, test_file = cifar10_files(req)
+    train = [_read_cifar_batch(path) for path in train_files]
+    test_x, test_y = _read_cifar_batch(test_file)
     return RawData(
         pool=TensorImageDataset(*map(torch.cat, zip(*train, strict=True))),
         test=TensorImageDataset(test_x, test_y),
@@ -296,7 +330,8 @@ def _read_imagenet(paths: Sequence[Path], size: int) -> TensorImageDataset:
     return TensorImageDataset(images_t, torch.from_numpy(labels))
 
 
-def _load_imagenet(req: Request, size: int) -> RawData:
+def _imagenet_files(req: Request, size: int) -> list[Path]:
+    """``train_data_batch_1.npz`` ... ``train_data_batch_10.npz`` and ``val_data.npz``."""
     dirs = [req.root, req.root / f"Imagenet{size}_train_npz", req.root / f"Imagenet{size}_val_npz"]
     names = [f"train_data_batch_{i}.npz" for i in range(1, 11)] + ["val_data.npz"]
     paths = [_find(dirs, [name]) for name in names]
@@ -311,11 +346,24 @@ def _load_imagenet(req: Request, size: int) -> RawData:
             f"'data' (N, {3 * size * size}) uint8 channel-major and 1-based 'labels'), "
             "directly or in their Imagenet*_npz subfolders."
         )
+    return paths
+
+
+def _load_imagenet(req: Request, size: int) -> RawData:
+    paths = _imagenet_files(req, size)
     return RawData(
         pool=_read_imagenet(paths[:-1], size),
         test=_read_imagenet(paths[-1:], size),
         num_classes=1000,
     )
+
+
+def imagenet32_files(req: Request) -> list[Path]:
+    return _imagenet_files(req, 32)
+
+
+def imagenet64_files(req: Request) -> list[Path]:
+    return _imagenet_files(req, 64)
 
 
 def load_imagenet32(req: Request) -> RawData:
@@ -445,12 +493,18 @@ def load_synthetic(req: Request) -> RawData:
 
 
 SOURCES: dict[str, Source] = {
-    "fashion_mnist": Source(load_fashion_mnist, (1, 28, 28), 10, FASHION_MNIST_ROOT),
-    "mnist": Source(load_mnist, (1, 28, 28), 10, "data/mnist"),
-    "cifar10": Source(load_cifar10, (3, 32, 32), 10, "data/cifar10"),
+    "fashion_mnist": Source(
+        load_fashion_mnist, (1, 28, 28), 10, FASHION_MNIST_ROOT, files=fashion_mnist_files
+    ),
+    "mnist": Source(load_mnist, (1, 28, 28), 10, "data/mnist", files=mnist_files),
+    "cifar10": Source(load_cifar10, (3, 32, 32), 10, "data/cifar10", files=cifar10_files),
     "celeba": Source(load_celeba, (3, 64, 64), 0, "data/celeba", resizable=True),
-    "imagenet32": Source(load_imagenet32, (3, 32, 32), 1000, "data/imagenet32"),
-    "imagenet64": Source(load_imagenet64, (3, 64, 64), 1000, "data/imagenet64"),
+    "imagenet32": Source(
+        load_imagenet32, (3, 32, 32), 1000, "data/imagenet32", files=imagenet32_files
+    ),
+    "imagenet64": Source(
+        load_imagenet64, (3, 64, 64), 1000, "data/imagenet64", files=imagenet64_files
+    ),
     "image_folder": Source(load_image_folder, (3, 64, 64), None, None, True, (1, 3)),
     "synthetic": Source(load_synthetic, (1, 16, 16), 4, None, True, (1, 2, 3, 4)),
 }

@@ -1,0 +1,350 @@
+"""Prepared datasets: one uncompressed uint8 ``.npy`` per split, memory-mapped by every rank.
+
+A source that is one array per split (`Source.preparable`: MNIST, Fashion-MNIST, CIFAR-10,
+ImageNet 32/64) is decoded once into ``<cache_dir>/<name>-<C>x<H>x<W>-<root hash>/``::
+
+    pool_images.npy  uint8 (N, C, H, W)     pool_labels.npy  int64 (N,)
+    test_images.npy  uint8 (M, C, H, W)     test_labels.npy  int64 (M,)
+    manifest.json    written last: its presence marks a complete cache
+
+Every file is written to a temporary name and moved into place with ``os.replace``, under a
+file lock, so a reader never sees half a file and two writers never interleave. Every rank
+then opens the arrays with ``np.load(mmap_mode="r")``: the pages are shared through the OS page
+cache, so a rank's private memory does not grow with the dataset.
+
+The manifest records the layout version, the glowlab version (for provenance), the image shape,
+the number of classes, every array's shape, dtype and file size, and each source file with its
+size and a cheap checksum: SHA-256 of its first and last MiB (catches replaced, truncated or
+re-downloaded files in milliseconds, not an in-place edit in the middle of a same-size file;
+modification times are not compared, so copying data and cache together keeps the cache).
+A cache whose manifest is missing, unreadable, of another layout version or source list, or
+whose arrays do not match it (a partial or truncated write) is rebuilt, or refused in one line
+when its folder cannot be written. A complete cache whose source files are all absent (only
+the cache was copied to a node) is used as is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from filelock import FileLock, Timeout
+from torch.utils.data import Dataset
+
+import glowlab
+from glowlab.data.sources import SOURCES, DatasetNotFoundError, RawData, Request
+
+LAYOUT_VERSION = 1  # bump when the files or their meaning change: older caches are rebuilt
+MANIFEST = "manifest.json"
+SPLITS = ("pool", "test")
+CHECKSUM = "sha256 of the first and last MiB"
+_CHUNK = 1 << 20
+WAIT_SECONDS = 3600.0  # how long a rank waits for another process to finish the cache
+
+
+class CacheError(ValueError):
+    """A prepared cache cannot be used or written; the message names the option that fixes it."""
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """A complete prepared cache: its folder and manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.manifest["num_classes"])
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(s for s in SPLITS if f"{s}_images" in self.manifest["arrays"])
+
+
+class MappedImageDataset(Dataset):
+    """Images ``uint8 (N, C, H, W)`` and labels ``long (N,)`` read from memory-mapped ``.npy``.
+
+    The arrays are opened lazily in each process (a pickled copy sent to a loader worker
+    reopens them instead of copying them). ``__getitems__`` reads a whole batch with one sorted
+    fancy index (sequential page reads) and returns ``(uint8 (B, C, H, W), long (B,))`` in the
+    order asked for, the same values `TensorImageDataset` gives for the same indices.
+    """
+
+    def __init__(self, images: Path, labels: Path) -> None:
+        self.images_path, self.labels_path = Path(images), Path(labels)
+        self._images: np.ndarray | None = None
+        self._labels: np.ndarray | None = None
+        self._len = len(self._arrays()[1])
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._images is None or self._labels is None:
+            self._images = np.load(self.images_path, mmap_mode="r")
+            self._labels = np.load(self.labels_path, mmap_mode="r")
+        return self._images, self._labels
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_images": None, "_labels": None}
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self._arrays()
+        return torch.from_numpy(np.array(images[index])), torch.tensor(int(labels[index]))
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self._arrays()
+        index = np.asarray(indices, dtype=np.int64)
+        order = np.argsort(index, kind="stable")
+        batch = np.empty((len(index), *images.shape[1:]), dtype=np.uint8)
+        batch[order] = images[index[order]]
+        return torch.from_numpy(batch), torch.from_numpy(labels[index].astype(np.int64))
+
+
+# ----------------------------------------------------------------------------- locations
+
+
+def cache_path(cache_dir: Path, name: str, req: Request) -> Path:
+    """``<cache_dir>/<name>-<C>x<H>x<W>-<8 hex of the resolved root>``: one folder per dataset,
+    image format and data location, so two roots of one dataset never overwrite each other."""
+    root_key = hashlib.sha256(str(req.root.expanduser().resolve()).encode()).hexdigest()[:8]
+    return Path(cache_dir) / f"{name}-{req.channels}x{req.image_size}x{req.image_size}-{root_key}"
+
+
+def fingerprint(path: Path) -> dict[str, Any]:
+    """``{"path", "bytes", "sha256"}`` of a source file; the hash covers its first and last
+    MiB (the whole file when smaller than 2 MiB)."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        digest.update(f.read(_CHUNK))
+        if size > _CHUNK:
+            f.seek(max(size - _CHUNK, _CHUNK))
+            digest.update(f.read(_CHUNK))
+    return {"path": str(path.resolve()), "bytes": size, "sha256": digest.hexdigest()}
+
+
+def source_fingerprints(name: str, req: Request) -> list[dict[str, Any]] | None:
+    """Fingerprints of the files ``name`` reads, or ``None`` when none of them is there (and
+    ``req.download`` is off): only a copied cache can then be used."""
+    files = SOURCES[name].files
+    if files is None:
+        raise CacheError(f"{name} cannot be prepared; use data.format=raw")
+    try:
+        return [fingerprint(p) for p in files(req)]
+    except DatasetNotFoundError:
+        return None
+
+
+# ----------------------------------------------------------------------------- checking
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest in cache folder ``path``, or ``None`` if absent or unreadable."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def problem(
+    path: Path, name: str, shape: Sequence[int], sources: list[dict[str, Any]] | None
+) -> str | None:
+    """Why the cache in ``path`` cannot be used for ``name`` at ``shape`` read from
+    ``sources`` (``None``: sources absent, not compared), or ``None`` when it can."""
+    manifest = read_manifest(path)
+    if manifest is None:
+        return "no complete manifest" if path.exists() else "not prepared yet"
+    if manifest.get("layout") != LAYOUT_VERSION:
+        return f"layout version {manifest.get('layout')} (this glowlab writes {LAYOUT_VERSION})"
+    if manifest.get("dataset") != name or list(manifest.get("shape", [])) != list(shape):
+        return f"it holds {manifest.get('dataset')} {manifest.get('shape')}"
+    if sources is not None and manifest.get("sources") != sources:
+        changed = [s["path"] for s in sources if s not in manifest.get("sources", [])]
+        return f"source files changed since it was prepared ({', '.join(changed) or 'the list'})"
+    try:
+        for key, spec in manifest["arrays"].items():
+            file = path / f"{key}.npy"
+            if file.stat().st_size != spec["file_bytes"]:
+                return f"{file.name} has {file.stat().st_size} bytes, not {spec['file_bytes']}"
+            array = np.load(file, mmap_mode="r")
+            if list(array.shape) != spec["shape"] or str(array.dtype) != spec["dtype"]:
+                return f"{file.name} holds {array.dtype} {array.shape}, not the manifest's"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"unreadable ({err})"
+    return None
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write; moved onto ``path`` (``os.replace``) when the
+    block ends without an error, deleted otherwise."""
+    tmp = _temporary(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_array(path: Path, array: np.ndarray) -> dict[str, Any]:
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.save(f, np.ascontiguousarray(array))
+        f.flush()
+        os.fsync(f.fileno())
+    return {
+        "shape": list(array.shape),
+        "dtype": str(array.dtype),
+        "file_bytes": path.stat().st_size,
+    }
+
+
+def check_writable(folder: Path, fix: str) -> None:
+    """Create ``folder`` and check a file can be written there; `CacheError` naming ``fix``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = _temporary(folder / ".write-test")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise CacheError(f"cannot write in {folder} ({err.strerror}); {fix}") from None
+
+
+def write_cache(path: Path, name: str, raw: RawData, sources: list[dict[str, Any]]) -> None:
+    """Write ``raw`` (its pool and test split, each a `TensorImageDataset`) into ``path``: the
+    old manifest is removed first, the arrays written, the new manifest last."""
+    (path / MANIFEST).unlink(missing_ok=True)
+    arrays: dict[str, Any] = {}
+    for split, dataset in zip(SPLITS, (raw.pool, raw.test), strict=True):
+        if dataset is None:
+            continue
+        arrays[f"{split}_images"] = _write_array(
+            path / f"{split}_images.npy", dataset.images.numpy()
+        )
+        arrays[f"{split}_labels"] = _write_array(
+            path / f"{split}_labels.npy", dataset.labels.numpy()
+        )
+    shape = list(raw.pool.images.shape[1:])
+    manifest = {
+        "layout": LAYOUT_VERSION,
+        "glowlab": glowlab.__version__,
+        "dataset": name,
+        "shape": shape,
+        "num_classes": raw.num_classes,
+        "checksum": CHECKSUM,
+        "sources": sources,
+        "arrays": arrays,
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    with atomic_path(path / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+FIX = "set data.cache_dir=<a writable folder> (or data.format=raw to read the files directly)"
+
+
+def build_once(
+    path: Path, check: Callable[[], str | None], build: Callable[[str], None], fix: str
+) -> None:
+    """Run ``build(reason)`` unless ``check()`` finds ``path`` usable (returns ``None``).
+
+    Holds ``<path>.lock`` while checking again and building, so concurrent callers (ranks,
+    nodes sharing a filesystem) wait for one writer and then find its result complete.
+    `CacheError` naming ``fix`` when ``path`` cannot be written."""
+    reason = check()
+    if reason is None:
+        return
+    check_writable(path, f"{path.name} is {reason}: {fix}")
+    with FileLock(f"{path}.lock"):
+        reason = check()
+        if reason is not None:
+            build(reason)
+
+
+def wait_until(
+    path: Path, check: Callable[[], str | None], what: str, timeout: float = WAIT_SECONDS
+) -> None:
+    """Wait (on ``<path>.lock``, then polling) until ``check()`` finds ``path`` usable, written
+    by another process (local rank 0's ``prepare_data``); `CacheError` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while (reason := check()) is not None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise CacheError(
+                f"{what} in {path} is still {reason} after {timeout:.0f} s of waiting for local "
+                "rank 0 to write it; run glowlab-prepare first, or give every rank the same "
+                "data.cache_dir"
+            )
+        with (
+            contextlib.suppress(Timeout),
+            FileLock(f"{path}.lock").acquire(timeout=min(remaining, 1.0)),
+        ):
+            pass
+        time.sleep(min(0.5, remaining))
+
+
+def _checker(name: str, req: Request, path: Path) -> Callable[[], str | None]:
+    shape = (req.channels, req.image_size, req.image_size)
+    return lambda: problem(path, name, shape, source_fingerprints(name, req))
+
+
+def prepare(
+    name: str, req: Request, cache_dir: Path, log: Callable[[str], None] = print
+) -> CacheInfo:
+    """Prepare ``name`` into ``cache_dir`` unless a usable cache is there (`build_once`);
+    return it. Raises `DatasetNotFoundError` when neither a cache nor the data is there."""
+    path = cache_path(cache_dir, name, req)
+
+    def build(reason: str) -> None:
+        sources = source_fingerprints(name, req)
+        if sources is None:
+            SOURCES[name].files(req)  # raises DatasetNotFoundError saying how to get the data
+        if reason != "not prepared yet":
+            log(f"rebuilding the prepared {name} in {path}: {reason}")
+        started = time.perf_counter()
+        write_cache(path, name, SOURCES[name].load(req), sources)
+        log(f"prepared {name} in {path} ({time.perf_counter() - started:.1f} s)")
+
+    build_once(path, _checker(name, req, path), build, FIX)
+    return CacheInfo(path, read_manifest(path))
+
+
+def wait_for(name: str, req: Request, cache_dir: Path, timeout: float = WAIT_SECONDS) -> CacheInfo:
+    """The cache that another process prepares (`wait_until`), once complete."""
+    path = cache_path(cache_dir, name, req)
+    wait_until(path, _checker(name, req, path), f"the prepared {name}", timeout)
+    return CacheInfo(path, read_manifest(path))
+
+
+def open_cache(info: CacheInfo) -> RawData:
+    """The splits of a complete cache as `MappedImageDataset`s."""
+
+    def split(name: str) -> MappedImageDataset:
+        return MappedImageDataset(
+            info.path / f"{name}_images.npy", info.path / f"{name}_labels.npy"
+        )
+
+    test = split("test") if "test" in info.splits else None
+    return RawData(pool=split("pool"), test=test, num_classes=info.num_classes)
