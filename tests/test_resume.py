@@ -102,11 +102,18 @@ def _tensors(tree, prefix: str = "") -> dict[str, torch.Tensor]:
 
 
 def _state(run_dir: Path) -> dict[str, torch.Tensor]:
+    """Weights (the EMA's θ̄ and live θ with EMA on), optimizer, schedule, random streams,
+    epoch and the loops' counters of a run's last.ckpt."""
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     state = _tensors(ckpt["state_dict"], "model")
+    for entry in ("current_model_state", "averaging_state"):
+        state.update(_tensors(ckpt.get(entry, {}), entry))
     state.update(_tensors(ckpt["optimizer_states"], "optimizer"))
     state.update(_tensors(ckpt["lr_schedulers"], "schedule"))
+    state.update(_tensors(ckpt["glowlab"]["rng_state"], "rng"))
+    state.update(_tensors(ckpt["loops"], "loops"))
     state["global_step"] = torch.tensor(ckpt["global_step"])
+    state["epoch"] = torch.tensor(ckpt["epoch"])
     return state
 
 
@@ -162,3 +169,44 @@ def test_schedule_keeps_the_original_length_when_max_steps_changes(tmp_path: Pat
     )
     assert run.module.total_steps == 14
     assert run.trainer.global_step == 16
+
+
+class _Validations(L.Callback):
+    """Records the global step of every (non-sanity) validation."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.steps.append(trainer.global_step)
+
+
+@pytest.mark.parametrize(
+    ("bounds", "extra", "stop"),
+    [
+        (STEPS, [], _SignalAtStep(5, signal.SIGTERM)),
+        (STEPS, [], _SignalAtStep(6, signal.SIGTERM)),
+        (EPOCHS, [], _SignalAtStep(5, signal.SIGINT)),
+        (STEPS, ["callbacks/ema=on"], _SignalAtStep(5, signal.SIGTERM)),
+        (STEPS, ["callbacks.model_checkpoint.last_every_n_steps=6"], _CrashAtStep(7)),
+    ],
+    ids=["last-batch", "first-batch-of-next", "last-batch-epochs-sigint", "last-batch-ema",
+         "every-n-at-epoch-end-then-crash"],
+)
+def test_stop_at_an_epoch_boundary_resumes_exactly(tmp_path: Path, bounds, extra, stop) -> None:
+    """A stop in the last batch of epoch 1 (batch 6 of 6) or the first of epoch 2, or a
+    last.ckpt written at epoch 1's end then a crash: both parts together run the epoch-end
+    validation once, and the resumed run ends with the straight run's every tensor, epoch and
+    loop counter."""
+    overrides = [*bounds, *extra]
+    straight, first, resumed = tmp_path / "straight", tmp_path / "first", tmp_path / "resumed"
+    straight_seen, resumed_seen = _Validations(), _Validations()
+    _fit(straight, overrides, straight_seen)
+    _interrupted(first, overrides, stop)
+    last = first / "checkpoints" / "last.ckpt"
+    assert load_checkpoint(last)["global_step"] in (6, 7)
+    _fit(resumed, [*overrides, f"ckpt_path={last}"], resumed_seen)
+    _assert_bit_equal(_state(straight), _state(resumed))
+    assert 6 in straight_seen.steps and 6 not in resumed_seen.steps  # the first part ran it
+    assert [s for s in straight_seen.steps if s > 6] == resumed_seen.steps

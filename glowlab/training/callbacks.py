@@ -269,6 +269,19 @@ class ReconstructionMonitor(L.Callback):
         pl_module.log("val/recon_pixel_errors", errors, sync_dist=True, reduce_fx="sum")
 
 
+def ends_epoch(trainer: L.Trainer, batch_idx: int) -> bool:
+    """True in the hooks of the last training batch of an epoch.
+
+    A checkpoint written there (between that batch and the epoch-end validation) is one
+    Lightning cannot resume exactly: it counts the epoch as finished, so the epoch-end
+    validation and ``on_train_epoch_end`` never run and the epoch counter runs one ahead.
+    Writers wait for ``on_train_epoch_end`` instead (after that validation), a state Lightning
+    resumes exactly.
+    """
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    return progress.is_last_batch or batch_idx + 1 >= trainer.num_training_batches
+
+
 class GuardedModelCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` (best by ``monitor`` + ``last.ckpt``) with ``last.ckpt``
     always the latest state:
@@ -316,6 +329,14 @@ class GuardedModelCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if not ends_epoch(trainer, batch_idx):  # else on_train_epoch_end writes it
+            self._save_last_if_due(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_last_if_due(trainer)
+
+    def _save_last_if_due(self, trainer: L.Trainer) -> None:
         every, step = self.last_every_n_steps, trainer.global_step
         if every and step % every == 0 and self.last_saved_step != step:
             self.save_last_now(trainer)
@@ -375,7 +396,11 @@ class StopOnSignal(L.Callback):
         self.received = signum
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.received is not None:
+        if self.received is not None and not ends_epoch(trainer, batch_idx):
+            self._stop(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.received is not None:  # a signal in an epoch's last batch stops here
             self._stop(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:

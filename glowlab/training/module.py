@@ -14,6 +14,7 @@ from glowlab.bijections.actnorm import ActNorm
 from glowlab.compilation import compile_levels
 from glowlab.migration import CHECKPOINT_FORMAT
 from glowlab.models.multiscale import MultiscaleFlow
+from glowlab.training.epoch_boundary import at_epoch_end, start_next_epoch
 from glowlab.training.rng import capture_rng_state, restore_rng_state
 from glowlab.validation import check_positive
 
@@ -185,6 +186,8 @@ class FlowModule(L.LightningModule):
             "total_steps": self.total_steps,
             "format": CHECKPOINT_FORMAT,
         }
+        if self._trainer is not None and at_epoch_end(checkpoint, self.trainer.num_training_batches):
+            start_next_epoch(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "glowlab" not in checkpoint:
