@@ -191,8 +191,13 @@ class _Validations(L.Callback):
         (STEPS, ["callbacks/ema=on"], _SignalAtStep(5, signal.SIGTERM)),
         (STEPS, ["callbacks.model_checkpoint.last_every_n_steps=6"], _CrashAtStep(7)),
     ],
-    ids=["last-batch", "first-batch-of-next", "last-batch-epochs-sigint", "last-batch-ema",
-         "every-n-at-epoch-end-then-crash"],
+    ids=[
+        "last-batch",
+        "first-batch-of-next",
+        "last-batch-epochs-sigint",
+        "last-batch-ema",
+        "every-n-at-epoch-end-then-crash",
+    ],
 )
 def test_stop_at_an_epoch_boundary_resumes_exactly(tmp_path: Path, bounds, extra, stop) -> None:
     """A stop in the last batch of epoch 1 (batch 6 of 6) or the first of epoch 2, or a

@@ -186,7 +186,8 @@ class FlowModule(L.LightningModule):
             "total_steps": self.total_steps,
             "format": CHECKPOINT_FORMAT,
         }
-        if self._trainer is not None and at_epoch_end(checkpoint, self.trainer.num_training_batches):
+        trainer = self._trainer
+        if trainer is not None and at_epoch_end(checkpoint, trainer.num_training_batches):
             start_next_epoch(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
