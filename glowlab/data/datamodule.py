@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import lightning as L
@@ -63,11 +64,12 @@ class ImageDataModule(L.LightningDataModule):
 
     ``format`` picks the reader (the splits, order and batches are the same for all three):
     ``raw`` decodes the source files into memory in every process; ``memmap`` prepares them
-    once into ``cache_dir`` (`glowlab.data.cache`; ``None``: ``<root>/prepared``) and memory-maps
-    the arrays; ``litdata`` reads litdata chunks at ``stream_dir`` (a folder or ``s3://``/
-    ``gs://`` URL; ``None``: converted from the prepared cache into ``<cache>/litdata``). The
-    cache and a local conversion are written in ``prepare_data`` (local rank 0 of each node);
-    the other ranks wait for them in ``setup``.
+    once into ``cache_dir`` (`glowlab.data.cache`; ``None``: beside the data in
+    ``<root>/prepared`` where that can be written or already holds the cache, else
+    ``cache_fallback``) and memory-maps the arrays; ``litdata`` reads litdata chunks at
+    ``stream_dir`` (a folder or ``s3://``/``gs://`` URL; ``None``: converted from the prepared
+    cache into ``<cache>/litdata``). The cache and a local conversion are written in
+    ``prepare_data`` (local rank 0 of each node); the other ranks wait for them in ``setup``.
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class ImageDataModule(L.LightningDataModule):
         format: str = "raw",
         cache_dir: str | None = None,
         stream_dir: str | None = None,
+        cache_fallback: str | None = None,
     ) -> None:
         super().__init__()
         if name not in SOURCES:
@@ -118,7 +121,7 @@ class ImageDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.format = format
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else self.root / "prepared"
+        self.cache_dir = _cache_root(self.root, cache_dir, cache_fallback, self._shape, name)
         self.stream_dir = stream_dir
         self._num_classes = self.source.num_classes
         self.train_set: Dataset | None = None
@@ -251,6 +254,27 @@ def _split(indices: torch.Tensor, n_last: int, seed: int) -> tuple[torch.Tensor,
     perm = indices[torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed))]
     cut = len(perm) - n_last
     return perm[:cut], perm[cut:]
+
+
+def _cache_root(
+    root: Path, cache_dir: str | None, fallback: str | None, shape: tuple, name: str
+) -> Path:
+    """Where prepared caches go: ``cache_dir`` if given; else ``<root>/prepared`` when it already
+    holds this dataset's cache or can be created there; else ``fallback`` (if given)."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    beside = root / "prepared"
+    prefix = f"{name}-{shape[0]}x{shape[1]}x{shape[2]}-"
+    has_cache = beside.is_dir() and any(p.name.startswith(prefix) for p in beside.iterdir())
+    if has_cache or fallback is None or _writable(beside):
+        return beside
+    return Path(fallback).expanduser()
+
+
+def _writable(path: Path) -> bool:
+    """Whether ``path`` can be created and written (its first existing ancestor is writable)."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    return existing.is_dir() and os.access(existing, os.W_OK)
 
 
 def _check_format(name: str, format: str, stream_dir: str | None) -> None:
