@@ -172,7 +172,9 @@ class ListOf(Spec):
         return len(value) >= self.min_items and all(self.item.accepts(v) for v in value)
 
     def describe(self) -> str:
-        size = "a list" if self.min_items <= 1 else f"a list of at least {self.min_items} values"
+        size = {0: "a list", 1: "a non-empty list"}.get(
+            self.min_items, f"a list of at least {self.min_items} values"
+        )
         single = " (or one value)" if self.single else ""
         none = " or null" if self.optional else ""
         return f"{size}{single}, each {self.item.describe()}{none}"

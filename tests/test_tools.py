@@ -244,7 +244,7 @@ def test_bad_inputs_exit_with_one_clear_line(ckpt, tmp_path: Path) -> None:
         (evaluate, "eval", [f"ckpt={foreign}"], "is not a glowlab checkpoint"),
         (evaluate, "eval", [], "glowlab-eval: error: ckpt is required; pass ckpt=<value>"),
         (evaluate, "eval", [f"ckpt={ckpt}", "split=dev"], "split='dev' is not supported"),
-        (sample, "sample", [f"ckpt={ckpt}", "temperatures=[0.5,-1]"], "numbers >= 0"),
+        (sample, "sample", [f"ckpt={ckpt}", "temperatures=[0.5,-1]"], "each a finite number >= 0"),
         (sample, "sample", [f"ckpt={ckpt}", "y=2"], "not class-conditional; drop y"),
         (sample, "sample", [f"ckpt={ckpt}", "inversion=jacobi"], "TarFlow models only"),
         (interpolate, "interpolate", [f"ckpt={ckpt}", "a=3", "b=99"], "b: index 99 is out of"),
@@ -268,12 +268,12 @@ def test_bad_inputs_exit_with_one_clear_line(ckpt, tmp_path: Path) -> None:
         (evaluate, "eval", [f"ckpt={ckpt.parent}"], "is a folder, not a checkpoint file"),
         (evaluate, "eval", [f"ckpt={ckpt}", "samples=abc"], "samples='abc' is not an integer"),
         (evaluate, "eval", [f"ckpt={ckpt}", "device=tpu"], "device='tpu' is not a device"),
-        (sample, "sample", [f"ckpt={ckpt}", "n=0"], "n=0 must be a positive number"),
+        (sample, "sample", [f"ckpt={ckpt}", "n=0"], "n=0 must be an integer >= 1"),
         (
             manipulate,
             "manipulate",
             [f"ckpt={ckpt}", "class_a=1", "class_b=0", "indices=[]"],
-            "indices=[] selects no image",
+            "indices=[] must be a non-empty list",
         ),
     ]
     for tool, name, args, expected in cases:

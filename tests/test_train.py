@@ -109,7 +109,7 @@ def test_multirun_writes_metrics_and_report(tmp_path: Path) -> None:
 def test_bad_input_is_one_clear_line_not_a_trace(tmp_path: Path) -> None:
     result = _run_app([*TINY_CLI, "data.n_bits=9", f"hydra.run.dir={tmp_path}"], tmp_path)
     assert result.returncode == 1
-    assert "glowlab-train: error: n_bits must be an integer in 1..8, got 9" in result.stderr
+    assert "glowlab-train: error: data.n_bits=9 must be an integer in 1..8" in result.stderr
     assert "Traceback" not in result.stderr
 
 
