@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections.abc
+import functools
 import inspect
 import logging
 import numbers
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -22,6 +24,12 @@ from hydra.utils import get_object
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
+
+from glowlab import sweeps
+from glowlab.console import FILE_ONLY, quiet_third_party
+from glowlab.migration import check_model_config, guard_command_line
+from glowlab.options import check_options
+from glowlab.overrides import did_you_mean
 
 USER_ERRORS = (
     ValueError,
@@ -64,26 +72,92 @@ def _instantiation_type_error(error: BaseException) -> ValueError | None:
     ]
     if not changed:
         return None
+    unknown = re.search(r"unexpected keyword argument '(\w+)'", str(error.__cause__))
+    target = re.search(r"call to target '([^']+)'", str(error))
+    if unknown is not None and target is not None:
+        return ValueError(_not_a_parameter(node, unknown.group(1), target.group(1)))
     return ValueError(
         f"{node}: a value has the wrong type ({error.__cause__}); check what you passed: "
         f"{' '.join(changed)}"
     )
 
 
+def _not_a_parameter(node: str, name: str, target: str) -> str:
+    """``model.dpth is not a parameter of model (glowlab.models.glow); did you mean
+    model.depth? (options: ...)``: a key added with ``+`` that the target does not take."""
+    obj = get_object(target)
+    signature = inspect.signature(obj.__init__ if inspect.isclass(obj) else obj)
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names = [p.name for p in signature.parameters.values() if p.kind in kinds]
+    names = [n for n in names if n != "self"]
+    return (
+        f"{node}.{name} is not a parameter of {node} ({target}); "
+        f"{did_you_mean(name, names, f'{node}.')}"
+    )
+
+
+def config_error(error: BaseException) -> str | None:
+    """The one-line message of a user error (bad input), or None for a bug."""
+    cause = user_error(error) or _instantiation_type_error(error)
+    return None if cause is None else _message(cause)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """The checks a composed config passes before anything is built (also run on every job of
+    a sweep before any job starts, by ``glowlab.sweeps.SweepCallback``): value types of the
+    command line, numbers' ranges (``glowlab.options``), moved model keys."""
+    check_override_types(cfg)
+    check_options(cfg)
+    if isinstance(cfg.get("model"), DictConfig):
+        check_model_config(cfg.model)
+
+
 def run_cli(prog: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Return ``run(cfg)``; on a user error exit 1 with ``{prog}: error: <message>``.
+    """Return ``run(cfg)``; on a user error exit 1 with ``{prog}: error: <message>`` (also
+    in the run's log file, printed once).
 
     Command-line values of the wrong type (``model.depth=abc``) are user errors too
-    (`check_override_types`)."""
+    (`check_override_types`). In a ``-m`` sweep a failed job writes ``failed.json`` and
+    returns None, so the sweep goes on (``glowlab.sweeps``)."""
+    quiet_third_party()
+    if sweeps.in_sweep() and sweeps.refused_before_launch():
+        return None
     try:
-        check_override_types(cfg)
+        check_config(cfg)
         return run(cfg)
     except Exception as error:  # noqa: BLE001 - bad input becomes one line, bugs re-raise
-        cause = user_error(error) or _instantiation_type_error(error)
-        if cause is None:
+        message = config_error(error)
+        if sweeps.in_sweep():
+            sweeps.record_failure(prog, message or f"{type(error).__name__}: {error}")
+            if message is None:
+                raise
+            return None
+        if message is None:
             raise
-        log.error("%s", _message(cause))
-        sys.exit(f"{prog}: error: {_message(cause)}")
+        log.error("%s: error: %s", prog, message, extra=FILE_ONLY)
+        sys.exit(f"{prog}: error: {message}")
+
+
+def hydra_app(prog: str, config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable]:
+    """``@hydra.main`` on ``conf/<config_name>.yaml`` for a glowlab app. The app, called
+    without a config, first checks the command line (``migration.guard_command_line``: a typo
+    or an unknown option is one line, not Hydra's advice); called with a composed config (as
+    tests do) it runs the task on it."""
+
+    def wrap(task: Callable[[DictConfig], Any]) -> Callable:
+        app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
+        hydra_main = app(task)
+
+        @functools.wraps(task)
+        def main(cfg: DictConfig | None = None) -> Any:
+            if cfg is None:
+                quiet_third_party()
+                guard_command_line(prog, str(CONF_DIR), config_name, sys.argv[1:])
+            return hydra_main(cfg)
+
+        return main
+
+    return wrap
 
 
 # ----------------------------------------------------------------- override value types

@@ -106,25 +106,54 @@ def moved_keys_in(overrides: Sequence[str]) -> list[str]:
     return found
 
 
+SWEEP_FLAGS = ("-m", "--multirun")
+"""The one Hydra flag the guard reads; a command line with any other flag (``--cfg job``,
+``--config-dir DIR``, ``--help``) is left to Hydra."""
+
+
 def guard_command_line(prog: str, config_dir: str, config_name: str, argv: Sequence[str]) -> None:
-    """Before a Hydra app composes: when the command line sets a key that moved and Hydra
-    could not compose it, exit 1 with one line naming the new key (instead of Hydra's "Key
-    not in struct"). Anything else is left to Hydra."""
-    overrides = [arg for arg in argv if "=" in arg and not arg.startswith("-")]
-    if not moved_keys_in(overrides):
+    """Before a Hydra app composes, compose the command line's overrides (each job's, with
+    ``-m``) and exit 1 with one line when that fails: a key that moved names its new key, a
+    typo or an unknown option its closest valid one (``glowlab.overrides.explain``), instead
+    of Hydra's "Key not in struct" advice or its list of every option."""
+    if any(arg.startswith("-") and arg not in SWEEP_FLAGS for arg in argv):
+        return
+    overrides = [arg for arg in argv if not arg.startswith("-")]
+    if not overrides:
         return
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from glowlab.overrides import explain, sweep_jobs
+
+    multirun = any(arg in SWEEP_FLAGS for arg in argv)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir, version_base="1.3"):
-            compose(config_name, overrides=overrides)
-    except Exception as error:  # noqa: BLE001 - only a moved key is explained here
-        try:
-            check_overrides(overrides, error)
-        except ValueError as moved:
-            raise SystemExit(f"{prog}: error: {moved}") from None
+            try:
+                jobs = sweep_jobs(overrides) if multirun else [overrides]
+            except Exception as error:  # noqa: BLE001 - explained below, or left to Hydra
+                jobs, message = [], explain(error, overrides, config_name)
+                if message:
+                    raise SystemExit(f"{prog}: error: {message}") from None
+            composed: set[str] = set()
+            for number, job in enumerate(jobs):
+                if composed.issuperset(job):
+                    continue  # each value is composed once: a sweep's size is a sum, not product
+                composed.update(job)
+                try:
+                    compose(config_name, overrides=job)
+                except Exception as error:  # noqa: BLE001 - explained below, or left to Hydra
+                    try:
+                        check_overrides(job, error)
+                    except ValueError as moved:
+                        message = str(moved)
+                    else:
+                        message = explain(error, job, config_name)
+                    if message is None:
+                        return
+                    where = f"job #{number} ({' '.join(job)}): " if multirun else ""
+                    raise SystemExit(f"{prog}: error: {where}{message}") from None
     finally:
         GlobalHydra.instance().clear()
 

@@ -13,21 +13,22 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from glowlab.cli import run_cli
-from glowlab.migration import check_model_config, check_resumable, guard_command_line
+from glowlab.cli import hydra_app, run_cli
+from glowlab.console import say
+from glowlab.migration import check_model_config, check_resumable
 from glowlab.training.callbacks import SampleGrid, StopOnSignal, TrainingInterrupted
 from glowlab.training.checkpoints import check_config_unchanged, checkpoint_step, load_checkpoint
 from glowlab.training.run import RunObjects, build_run, metric_key, slurm_requeued
@@ -210,26 +211,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         out.write_text(json.dumps(metrics, indent=2) + "\n")
         keys = [metric_key(k, metrics["metric"]) for k in ("val/bpd", "test/bpd")]
         summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if metrics.get(k) is not None)
-        print(f"glowlab: {summary} | steps {metrics['steps']} | {metrics['wall_time_s']:.0f} s")
-        print(f"glowlab: run dir {cfg.paths.output_dir}")
+        say(f"glowlab: {summary} | steps {metrics['steps']} | {metrics['wall_time_s']:.0f} s", log)
+        say(f"glowlab: run dir {cfg.paths.output_dir}", log)
         if metrics.get("sample_grid"):
-            print(f"glowlab: sample grid {metrics['sample_grid']}")
+            say(f"glowlab: sample grid {metrics['sample_grid']}", log)
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def _app(cfg: DictConfig) -> float | None:
+@hydra_app("glowlab-train", "train")
+def main(cfg: DictConfig) -> float:
+    """``glowlab-train``: train; returns the ``optimized_metric`` for a sweeper (NaN when it is
+    missing or the job failed in a sweep, which Optuna records as a failed trial)."""
     metrics = run_cli("glowlab-train", train, cfg)
+    if metrics is None:
+        return math.nan
     key = cfg.get("optimized_metric", "val/bpd")
     value = metrics.get(metric_key(key, metrics.get("metric", "bpd")))
-    return None if value is None else float(value)
-
-
-def main() -> None:
-    """``glowlab-train``: a saved command with a pre-0.2 flat model key stops naming its new
-    key (``glowlab.migration``) before Hydra composes."""
-    guard_command_line("glowlab-train", CONFIG_DIR, "train", sys.argv[1:])
-    _app()
+    return math.nan if value is None else float(value)
 
 
 if __name__ == "__main__":

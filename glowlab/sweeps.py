@@ -1,0 +1,171 @@
+"""Sweeps (``-m``) that go on past a bad job and say which jobs failed.
+
+- Before any job runs, `SweepCallback` composes every job of a basic-sweeper sweep and runs the
+  config checks of ``glowlab.cli.check_config``; a job that fails them is refused: one line
+  naming its number, overrides and dir, and a ``failed.json`` there (the job then skips).
+- A job that fails while it runs with a user error writes ``failed.json`` and returns; the
+  sweep goes on (a bug still raises, with its traceback).
+- At the end, a line counts the failed jobs and the app exits 1; ``glowlab-report`` lists the
+  failed jobs and the ones that never finished (`job_statuses`) beside the finished rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+FAILED = "failed.json"
+"""A failed job's record in its dir: ``{"job", "overrides", "error", "stage"}``."""
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def in_sweep() -> bool:
+    """Whether this process runs one job of a ``-m`` sweep."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _label(number: Any, overrides: Sequence[str]) -> str:
+    return f"job #{number} ({' '.join(overrides)})"
+
+
+def write_failure(job_dir: Path, number: Any, overrides: Sequence[str], error: str, stage: str):
+    """Write ``failed.json`` in ``job_dir`` (atomically: a temporary file, then renamed)."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    record = {"job": number, "overrides": list(overrides), "error": error, "stage": stage}
+    temporary = job_dir / f".{FAILED}.tmp"
+    temporary.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(temporary, job_dir / FAILED)
+
+
+def failure_line(prog: str, number: Any, overrides: Sequence[str], job_dir: Path, error: str):
+    return f"{prog}: error: {_label(number, overrides)} in {job_dir}: {error}"
+
+
+def record_failure(prog: str, error: str) -> None:
+    """In a sweep job: write its ``failed.json`` and print one line naming the job."""
+    hydra = HydraConfig.get()
+    job_dir = Path(hydra.runtime.output_dir)
+    overrides = list(hydra.overrides.task)
+    write_failure(job_dir, hydra.job.num, overrides, error, stage="run")
+    line = failure_line(prog, hydra.job.num, overrides, job_dir, error)
+    print(line, file=sys.stderr, flush=True)
+
+
+def refused_before_launch() -> bool:
+    """In a sweep job: whether `SweepCallback` refused this job (its line was printed then)."""
+    path = Path(HydraConfig.get().runtime.output_dir) / FAILED
+    return path.is_file() and json.loads(path.read_text()).get("stage") == "check"
+
+
+def sweep_overrides(config: DictConfig) -> list[list[str]] | None:
+    """Each job's overrides of the sweep whose config (``multirun.yaml``) is ``config``, or
+    None when its sweeper is not Hydra's basic one (Optuna samples its trials)."""
+    from glowlab.overrides import sweep_jobs
+
+    sweeper = config.hydra.sweeper
+    if sweeper.get("_target_") != BASIC_SWEEPER:
+        return None
+    params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
+    return sweep_jobs([*params, *config.hydra.overrides.task])
+
+
+def job_subdir(config: DictConfig, number: int) -> str:
+    """Job ``number``'s subdir in the sweep of ``config`` (``hydra.sweep.subdir``, by default
+    the number itself)."""
+    node = OmegaConf.masked_copy(config, ["hydra"])
+    with open_dict(node):
+        node.hydra.job.num = number
+    try:
+        return str(node.hydra.sweep.subdir)
+    except Exception:  # noqa: BLE001 - a subdir naming more than the job number
+        return str(number)
+
+
+def job_statuses(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The jobs of the sweep in ``sweep_dir`` (from its ``multirun.yaml``) that did not finish:
+    ``{"run", "overrides", "status", "error"}`` with status ``failed`` (``failed.json``),
+    ``unfinished`` (started, no ``metrics.json``: killed or still running) or ``not run``."""
+    config = OmegaConf.load(sweep_dir / "multirun.yaml")
+    jobs = sweep_overrides(config)
+    if jobs is None:
+        numbers = sorted(int(p.name) for p in sweep_dir.iterdir() if p.name.isdigit())
+        jobs_by_number = dict.fromkeys(numbers)
+    else:
+        jobs_by_number = dict(enumerate(jobs))
+    rows = []
+    for number, overrides in jobs_by_number.items():
+        path = sweep_dir / job_subdir(config, number)
+        if (path / "metrics.json").is_file():
+            continue
+        row = {"run": str(number), "overrides": " ".join(overrides or []), "error": ""}
+        if (path / FAILED).is_file():
+            record = json.loads((path / FAILED).read_text())
+            row.update(status="failed", error=record["error"])
+            row["overrides"] = " ".join(record["overrides"])
+        else:
+            row["status"] = "unfinished" if path.is_dir() else "not run"
+        rows.append(row)
+    return rows
+
+
+def prog_of(config: DictConfig) -> str:
+    return f"glowlab-{config.hydra.job.config_name}"
+
+
+class SweepCallback(Callback):
+    """Hydra callback (``hydra.callbacks`` in ``conf/hydra/default.yaml``): check every job
+    before any runs, and end a sweep with failed jobs with one line and exit status 1."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.core.global_hydra import GlobalHydra
+
+        from glowlab.cli import check_config, config_error
+
+        jobs = sweep_overrides(config)
+        if jobs is None:
+            return
+        loader = GlobalHydra.instance().config_loader()
+        saved = HydraConfig.instance().cfg
+        try:
+            for number, overrides in enumerate(jobs):
+                job = loader.load_sweep_config(config, list(overrides))
+                with open_dict(job):
+                    job.hydra.job.num = number
+                    path = Path(str(job.hydra.sweep.dir)) / str(job.hydra.sweep.subdir)
+                    job.hydra.runtime.output_dir = str(path)
+                HydraConfig.instance().set_config(job)
+                try:
+                    check_config(job)
+                except Exception as error:  # noqa: BLE001 - user errors refuse the job
+                    message = config_error(error)
+                    if message is None:
+                        raise
+                    write_failure(path, number, overrides, message, stage="check")
+                    line = failure_line(prog_of(config), number, overrides, path, message)
+                    print(f"{line} (refused: it will not run)", file=sys.stderr, flush=True)
+        finally:
+            HydraConfig.instance().cfg = saved
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        failed = sorted(sweep_dir.glob(f"*/{FAILED}"), key=lambda p: p.parent.name)
+        if not failed:
+            return
+        records = [json.loads(p.read_text()) for p in failed]
+        jobs = sweep_overrides(config)
+        total = len(jobs) if jobs is not None else len(list(sweep_dir.glob("*/.hydra")))
+        names = ", ".join(_label(r["job"], r["overrides"]) for r in records)
+        raise SystemExit(
+            f"{prog_of(config)}: error: {len(records)} of {total} sweep jobs failed: {names} "
+            f"(errors in their {FAILED}); the others finished: glowlab-report {sweep_dir} "
+            "lists them all"
+        )
