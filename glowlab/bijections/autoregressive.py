@@ -44,7 +44,7 @@ from glowlab.transforms import (
     TransformFactory,
     transform_factory,
 )
-from glowlab.validation import check_positive, choose
+from glowlab.validation import check_positive, choose, is_integer
 
 DIRECTIONS = ("maf", "iaf")
 DEFAULT_TRANSFORM = CENTRED_AFFINE
@@ -176,7 +176,7 @@ class MaskedAutoregressive(Bijection):
         check_positive("channels", channels)
         check_positive("hidden", hidden)
         check_positive("hidden_layers", hidden_layers, allow_zero=True)
-        if kernel_size < 1 or kernel_size % 2 == 0:
+        if not is_integer(kernel_size) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(
                 f"kernel_size={kernel_size!r} must be a positive odd number (e.g. 3) so the "
                 "kernel has a centre pixel"

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from glowlab.bijections.actnorm import HiddenActNorm
+from glowlab.validation import check_int
 
 
 def _scaled_conv(conv: nn.Conv2d, x: Tensor, log_scale: Tensor, bias: Tensor) -> Tensor:
@@ -140,6 +141,7 @@ class GlowConditioner(nn.Module):
         readout_reference: int = READOUT_REFERENCE_CHANNELS,
     ) -> None:
         super().__init__()
+        check_int("hidden", hidden)
         self.net = nn.Sequential(
             ActNormConv2d(in_channels, hidden, 3),
             nn.ReLU(),
@@ -179,6 +181,8 @@ class ResNetConditioner(nn.Module):
         self, in_channels: int, out_channels: int, hidden: int = 64, blocks: int = 8
     ) -> None:
         super().__init__()
+        check_int("hidden", hidden)
+        check_int("blocks", blocks)
         self.net = nn.Sequential(
             weight_norm(nn.Conv2d(in_channels, hidden, 3, padding=1)),
             *[_ResidualBlock(hidden) for _ in range(blocks)],

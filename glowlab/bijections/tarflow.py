@@ -59,7 +59,7 @@ from glowlab.transforms import (
     TransformFactory,
     transform_factory,
 )
-from glowlab.validation import check_positive, choose
+from glowlab.validation import check_positive, check_range, choose
 
 INVERSIONS = ("sequential", "jacobi")
 
@@ -112,6 +112,7 @@ class TarFlowBlock(Bijection):
             check_positive("num_classes", num_classes)
         if not 0.0 <= label_dropout < 1.0:
             raise ValueError(f"label_dropout={label_dropout!r} must be in [0, 1) (0.1 is usual)")
+        check_range("guidance", guidance)
         if (label_dropout or guidance) and not num_classes:
             raise ValueError(
                 "label_dropout and guidance need a class-conditional block: set num_classes"
@@ -346,6 +347,7 @@ def configure_sampling(
         if inversion is not None:
             block.inversion = inversion
         if guidance is not None:
+            check_range("guidance", guidance)
             if guidance and not (block.num_classes and block.label_dropout):
                 raise ValueError(
                     "guidance needs a class-conditional model whose null class was trained: "

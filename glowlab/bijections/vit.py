@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glowlab.bijections.base import Bijection
-from glowlab.validation import check_positive
+from glowlab.validation import check_int, check_positive
 
 
 def check_patch_size(patch_size: int, height: int, width: int) -> None:
@@ -99,7 +99,7 @@ class TransformerLayer(nn.Module):
     def __init__(self, width: int, heads: int, causal: bool, mlp_ratio: int = 4) -> None:
         super().__init__()
         check_heads(width, heads)
-        check_positive("mlp_ratio", mlp_ratio)
+        check_int("mlp_ratio", mlp_ratio)
         self.heads = heads
         self.causal = causal
         self.norm1 = nn.LayerNorm(width)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from glowlab.validation import check_positive, choose
+from glowlab.validation import check_int, check_positive, choose
 
 PRIORS = ("learned", "standard", "planar")
 DEQUANTIZATION = ("uniform", "variational", "gaussian")
@@ -22,7 +22,7 @@ class PriorChoice:
 
     def __post_init__(self) -> None:
         choose("prior", self.kind, PRIORS)
-        check_positive("prior layers", self.layers)
+        check_int("prior layers", self.layers)
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,8 @@ class DequantizationChoice:
 
     def __post_init__(self) -> None:
         choose("dequantization", self.kind, DEQUANTIZATION)
-        check_positive("dequantization width", self.width)
-        check_positive("dequantization depth", self.depth)
+        check_int("dequantization width", self.width)
+        check_int("dequantization depth", self.depth)
         check_positive("model.dequantization.sigma", self.sigma)
 
     @property

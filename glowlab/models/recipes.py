@@ -35,7 +35,7 @@ from glowlab.bijections.squeeze import Squeeze
 from glowlab.models.assembly import Shape, assemble, check_shape, squeeze_levels
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.transforms import Affine, TransformFactory, transform_factory
-from glowlab.validation import check_positive, choose
+from glowlab.validation import check_int, choose
 
 PERMUTATIONS = ("lu", "conv1x1", "reverse", "shuffle")
 CONDITIONERS = ("glow", "resnet", "flowpp")
@@ -47,10 +47,10 @@ def _conditioner(kind: str | Conditioner, width: int, blocks: int) -> Conditione
     if callable(kind):
         return kind
     choose("conditioner", kind, CONDITIONERS)
-    check_positive("width", width)
+    check_int("width", width)
     if kind == "glow":
         return functools.partial(GlowConditioner, hidden=width)
-    check_positive("blocks", blocks)
+    check_int("blocks", blocks)
     network = ResNetConditioner if kind == "resnet" else FlowPPConditioner
     return functools.partial(network, hidden=width, blocks=blocks)
 
@@ -125,7 +125,7 @@ def realnvp(
     ``common``: the shared options of ``assemble``.
     """
     image_shape = check_shape(image_shape, levels, squeezes=levels - 1)
-    check_positive("depth", depth)
+    check_int("depth", depth)
     make_transform = transform_factory(
         functools.partial(Affine, scale="exp_tanh") if transform is None else transform
     )

@@ -29,7 +29,7 @@ from glowlab.models.assembly import Shape, assemble, check_shape
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.models.parts import DequantizationChoice, PriorChoice
 from glowlab.transforms import CENTRED_AFFINE, TransformFactory, transform_factory
-from glowlab.validation import check_positive
+from glowlab.validation import check_int
 
 SPATIAL_SPLITS = (("checkerboard", 0), ("checkerboard", 1), ("stripe", 0), ("stripe", 1))
 """The spatial masks Jet's spatial couplings cycle through (mask, parity)."""
@@ -79,7 +79,8 @@ def tarflow(
         )
     image_shape = check_shape(image_shape, levels=1, squeezes=0)
     check_patch_size(patch_size, image_shape[1], image_shape[2])
-    check_positive("blocks", blocks)
+    check_int("blocks", blocks)
+    check_int("layers", layers)
     factory = CENTRED_AFFINE if transform is None else transform_factory(transform)
     layers_: list[Bijection] = [
         TarFlowBlock(
@@ -147,8 +148,9 @@ def jet(
     image_shape = check_shape(image_shape, levels=1, squeezes=0)
     c, h, w = image_shape
     check_patch_size(patch_size, h, w)
-    check_positive("couplings", couplings)
-    check_positive("channel_couplings", channel_couplings, allow_zero=True)
+    check_int("couplings", couplings)
+    check_int("block_depth", block_depth)
+    check_int("channel_couplings", channel_couplings, low=0)
     channels = c * patch_size * patch_size
     if channel_couplings and channels % 2:
         raise ValueError(

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glowlab.validation import check_positive
+from glowlab.validation import check_positive, is_integer
 
 
 def timestep_embedding(t: Tensor, dim: int, scale: float = 1000.0) -> Tensor:
@@ -177,8 +177,8 @@ class UNet(nn.Module):
         for option, value in (("channels", channels), ("width", width), ("blocks", blocks)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{option}={value!r} must be a positive integer")
-        mults = [int(m) for m in channel_mults]
-        if not mults or min(mults) < 1:
+        mults = list(channel_mults)
+        if not mults or not all(is_integer(m) and m >= 1 for m in mults):
             raise ValueError(
                 f"channel_mults={list(channel_mults)!r} needs one positive multiplier per "
                 "level, e.g. [1, 2, 2]"
@@ -190,6 +190,7 @@ class UNet(nn.Module):
                 f"(one per entry of channel_mults)"
             )
         check_positive("heads", heads)
+        check_positive("time_scale", time_scale)
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout={dropout!r} must be in [0, 1)")
         if num_classes is not None:

@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
 
 from glowlab.models.multiscale import MultiscaleFlow
+from glowlab.validation import check_int, check_range
 
 
 def image_grid(images: torch.Tensor, n_bits: int, nrow: int | None = None) -> torch.Tensor:
@@ -206,8 +207,9 @@ class SampleGrid(L.Callback):
         temperatures: tuple[float, ...] = (0.5, 0.7, 0.85, 1.0),
         seed: int = 0,
     ) -> None:
-        if any(t < 0 for t in temperatures):
-            raise ValueError(f"sample temperatures must be >= 0, got {list(temperatures)}")
+        check_int("n", n)
+        for t in temperatures:
+            check_range("sample temperature", t, float, 0)
         self.dirpath = Path(dirpath)
         self.n = n
         self.temperatures = tuple(float(t) for t in temperatures)
@@ -248,6 +250,7 @@ class ReconstructionMonitor(L.Callback):
     """
 
     def __init__(self, n: int = 32) -> None:
+        check_int("n", n)
         self.n = n
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
 

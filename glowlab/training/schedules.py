@@ -8,14 +8,15 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from glowlab.validation import check_positive
+from glowlab.validation import check_int, check_range
 
 
 def warmup_cosine(
     optimizer: Optimizer, total_steps: int, warmup_steps: int = 200, final_fraction: float = 0.0
 ) -> LambdaLR:
     """Linear warm-up over ``warmup_steps``, then cosine decay to ``final_fraction · lr``."""
-    check_positive("warmup_steps", warmup_steps, allow_zero=True)
+    check_int("warmup_steps", warmup_steps, low=0)
+    check_range("final_fraction", final_fraction, float, 0, 1)
 
     def factor(step: int) -> float:
         warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
@@ -28,7 +29,7 @@ def warmup_cosine(
 
 def warmup_constant(optimizer: Optimizer, total_steps: int, warmup_steps: int = 200) -> LambdaLR:
     """Linear warm-up over ``warmup_steps``, then constant (Glow's schedule)."""
-    check_positive("warmup_steps", warmup_steps, allow_zero=True)
+    check_int("warmup_steps", warmup_steps, low=0)
     return LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
     )
