@@ -166,7 +166,8 @@ def problem(
     ``sources`` (``None``: sources absent, not compared), or ``None`` when it can."""
     manifest = read_manifest(path)
     if manifest is None:
-        return "no complete manifest" if path.exists() else "not prepared yet"
+        begun = path.is_dir() and any(path.glob("*.npy"))
+        return "partial (no complete manifest)" if begun else "not prepared yet"
     if manifest.get("layout") != LAYOUT_VERSION:
         return f"layout version {manifest.get('layout')} (this glowlab writes {LAYOUT_VERSION})"
     if manifest.get("dataset") != name or list(manifest.get("shape", [])) != list(shape):
@@ -231,8 +232,11 @@ def check_writable(folder: Path, fix: str) -> None:
 
 def write_cache(path: Path, name: str, raw: RawData, sources: list[dict[str, Any]]) -> None:
     """Write ``raw`` (its pool and test split, each a `TensorImageDataset`) into ``path``: the
-    old manifest is removed first, the arrays written, the new manifest last."""
+    old manifest is removed first (and temporary files a killed writer left), the arrays
+    written, the new manifest last. Call it holding the cache's lock."""
     (path / MANIFEST).unlink(missing_ok=True)
+    for leftover in path.glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
     arrays: dict[str, Any] = {}
     for split, dataset in zip(SPLITS, (raw.pool, raw.test), strict=True):
         if dataset is None:
@@ -254,6 +258,7 @@ def write_cache(path: Path, name: str, raw: RawData, sources: list[dict[str, Any
         "sources": sources,
         "arrays": arrays,
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "writer": f"{socket.gethostname()}:{os.getpid()}",
     }
     with atomic_path(path / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -276,7 +281,7 @@ def build_once(
     reason = check()
     if reason is None:
         return
-    check_writable(path, f"{path.name} is {reason}: {fix}")
+    check_writable(path, f"it is {reason}; {fix}")
     with FileLock(f"{path}.lock"):
         reason = check()
         if reason is not None:

@@ -143,7 +143,7 @@ class ImageDataModule(L.LightningDataModule):
         local ``litdata`` folder, write what is missing or stale."""
         if self.format == "raw":
             if self.download:
-                self.source.load(self._request())
+                self.source.load(self.request())
         elif not self._remote():
             self._open(build=True)
 
@@ -201,7 +201,7 @@ class ImageDataModule(L.LightningDataModule):
     def _open(self, build: bool) -> RawData:
         """The pool and test split in the chosen format; a missing cache or conversion is
         written here if ``build``, else waited for (another rank writes it)."""
-        req = self._request()
+        req = self.request()
         if self.format == "raw":
             return self.source.load(req)
         if self._remote():
@@ -216,14 +216,22 @@ class ImageDataModule(L.LightningDataModule):
             info = cache.wait_for(self.name, req, self.cache_dir)
         if self.format == "memmap":
             return cache.open_cache(info)
-        location = Path(self.stream_dir).expanduser() if self.stream_dir else info.path / "litdata"
+        location = self.litdata_location(info)
         if build:
             streaming.prepare_litdata(info, location, max(self.num_workers, 1), log.info)
         else:
             streaming.wait_for_litdata(info, location)
         return streaming.open_litdata(location, self._shape, info.num_classes, location)
 
-    def _request(self) -> Request:
+    def litdata_location(self, info: cache.CacheInfo) -> Path | str:
+        """Where the litdata chunks are: ``stream_dir`` (a URL stays text) or, by default,
+        ``litdata/`` inside the prepared cache ``info``."""
+        if self.stream_dir is None:
+            return info.path / "litdata"
+        return self.stream_dir if streaming.is_remote(self.stream_dir) else Path(self.stream_dir)
+
+    def request(self) -> Request:
+        """What the dataset's loader is asked for: root, resolved shape, download, seed."""
         channels, size, _ = self._shape
         return Request(self.root, size, channels, self.download, self.seed)
 

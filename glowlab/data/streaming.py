@@ -73,7 +73,8 @@ def litdata_problem(location: Path, info: CacheInfo) -> str | None:
     (``None``: it does)."""
     manifest = read_manifest(location)
     if manifest is None:
-        return "not converted yet" if not location.exists() else "no complete manifest"
+        begun = location.is_dir() and any(location.glob("*/index.json"))
+        return "partial (no complete manifest)" if begun else "not converted yet"
     if manifest.get("cache") != info.manifest:
         return "it was converted from another prepared cache"
     missing = [s for s in info.splits if not (location / s / "index.json").is_file()]
