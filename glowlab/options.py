@@ -224,6 +224,7 @@ CALLBACKS: dict[str, dict[str, Spec]] = {
         "update_every_n_steps": COUNT,
         "update_starting_at_step": optional(COUNT0),
     },
+    "glowlab.console.ProgressBar": {"refresh_rate": COUNT0},
     "lightning.pytorch.callbacks.RichProgressBar": {"refresh_rate": COUNT0},
     "lightning.pytorch.callbacks.TQDMProgressBar": {"refresh_rate": COUNT0},
     "lightning.pytorch.loggers.CSVLogger": {"flush_logs_every_n_steps": COUNT},
@@ -266,6 +267,7 @@ TOOL_OPTIONS: dict[str, Spec] = {
     "class_b": CLASS_INDEX,
     "indices": ListOf(Range(int, 0), single=True, example=[0, 1, 2, 3]),
     "alphas": ListOf(FINITE, single=True, example=[-1, 0, 1]),
+    "num_workers": COUNT,  # glowlab-prepare: processes writing litdata chunks
 }
 """Top-level options of ``glowlab-train`` and the tools (the same name means the same thing
 in every app)."""

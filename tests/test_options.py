@@ -1,0 +1,293 @@
+"""Every number a user can set is checked in one place (glowlab.options): bad values through
+the composed configs, through the real console scripts, and no false positives on any preset,
+experiment or tool config."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import get_object
+
+from glowlab.options import RULES, TOOL_OPTIONS, check_options
+
+CONF = Path(__file__).resolve().parents[1] / "glowlab" / "conf"
+TOOLS = ("sample", "eval", "score", "interpolate", "manipulate", "prepare")
+
+
+def composed(config_name: str, overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose(config_name, overrides=overrides)
+
+
+BAD = [  # (app config, overrides, the key the error must name)
+    ("train", ["model.depth=-1"], "model.depth"),
+    ("train", ["model.levels=0"], "model.levels"),
+    ("train", ["model.depth=2.5"], "model.depth"),
+    ("train", ["model=tarflow", "model.blocks=-1"], "model.blocks"),
+    ("train", ["model=tarflow", "model.layers=0"], "model.layers"),
+    ("train", ["model=tarflow", "model.guidance=nan"], "model.guidance"),
+    ("train", ["model=tarflow", "model.label_dropout=1.5"], "model.label_dropout"),
+    ("train", ["model=tarflow", "model.jacobi_tolerance=-1"], "model.jacobi_tolerance"),
+    ("train", ["model=nsf_paper", "model.conditioner.blocks=-2"], "model.conditioner.blocks"),
+    ("train", ["model.conditioner.hidden=0"], "model.conditioner.hidden"),
+    ("train", ["model=flowpp", "model.transform.components=0"], "model.transform.components"),
+    ("train", ["model=flowpp", "model.dequantization.depth=0"], "model.dequantization.depth"),
+    ("train", ["model/transform=spline", "model.transform.bound=0"], "model.transform.bound"),
+    ("train", ["model/transform=spline", "model.transform.bins=1"], "model.transform.bins"),
+    ("train", ["model/transform=spline", "model.transform.bound=nan"], "model.transform.bound"),
+    ("train", ["model.transform.bound=inf"], "model.transform.bound"),
+    ("train", ["model/prior=planar", "model.prior.layers=-1"], "model.prior.layers"),
+    (
+        "train",
+        ["model/dequantization=gaussian", "model.dequantization.sigma=0"],
+        "model.dequantization.sigma",
+    ),
+    ("train", ["model=resflow", "model.coeff=1.0"], "model.coeff"),
+    ("train", ["model=resflow", "model.n_power_iterations=0"], "model.n_power_iterations"),
+    ("train", ["model=ffjord", "model.rtol=0"], "model.rtol"),
+    ("train", ["model=ffjord", "model.time_length=-1"], "model.time_length"),
+    ("train", ["model=ffjord_rnode", "model.kinetic_weight=-0.01"], "model.kinetic_weight"),
+    ("train", ["model=maf", "model.hidden_layers=-1"], "model.hidden_layers"),
+    ("train", ["model=fm", "model.dropout=1.0"], "model.dropout"),
+    ("train", ["model=fm", "model.channel_mults=[1,0]"], "model.channel_mults"),
+    ("train", ["model=fm", "model.time_scale=0"], "model.time_scale"),
+    ("train", ["model=jet", "model.channel_couplings=-1"], "model.channel_couplings"),
+    ("train", ["model=jet", "model.mlp_ratio=0"], "model.mlp_ratio"),
+    ("train", ["model=glow_cpu", "+model.logit_alpha=0.7"], "model.logit_alpha"),
+    ("train", ["module.optimizer.lr=-1"], "module.optimizer.lr"),
+    ("train", ["module.optimizer.lr=nan"], "module.optimizer.lr"),
+    ("train", ["module.optimizer.lr=inf"], "module.optimizer.lr"),
+    ("train", ["module.optimizer.betas=[0.9,1.5]"], "module.optimizer.betas"),
+    ("train", ["module.optimizer.weight_decay=-0.1"], "module.optimizer.weight_decay"),
+    ("train", ["module.scheduler.final_fraction=1.5"], "module.scheduler.final_fraction"),
+    ("train", ["module.scheduler.warmup_steps=-5"], "module.scheduler.warmup_steps"),
+    ("train", ["module.init_batch_size=0"], "module.init_batch_size"),
+    ("train", ["callbacks/ema=on", "callbacks.ema.decay=1.5"], "callbacks.ema.decay"),
+    ("train", ["callbacks/ema=on", "callbacks.ema.decay=-0.1"], "callbacks.ema.decay"),
+    ("train", ["callbacks.sample_grid.n=0"], "callbacks.sample_grid.n"),
+    ("train", ["callbacks.sample_grid.temperatures=[nan]"], "callbacks.sample_grid.temperatures"),
+    (
+        "train",
+        ["callbacks.model_checkpoint.last_every_n_steps=0"],
+        "callbacks.model_checkpoint.last_every_n_steps",
+    ),
+    ("train", ["callbacks.reconstruction.n=0"], "callbacks.reconstruction.n"),
+    ("train", ["data.val_size=-3"], "data.val_size"),
+    ("train", ["data.batch_size=0"], "data.batch_size"),
+    ("train", ["data=synthetic", "data.image_size=0"], "data.image_size"),
+    ("train", ["data.n_bits=9"], "data.n_bits"),
+    ("train", ["data.num_workers=-1"], "data.num_workers"),
+    ("train", ["data.eval_batch_size=0"], "data.eval_batch_size"),
+    ("train", ["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val"),
+    ("train", ["trainer.max_epochs=0"], "trainer.max_epochs"),
+    ("train", ["trainer.max_steps=-5"], "trainer.max_steps"),
+    ("train", ["trainer.log_every_n_steps=-1"], "trainer.log_every_n_steps"),
+    ("train", ["trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch"),
+    ("train", ["trainer.val_check_interval=0"], "trainer.val_check_interval"),
+    ("train", ["++trainer.limit_train_batches=0"], "trainer.limit_train_batches"),
+    ("train", ["++trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches"),
+    ("train", ["trainer.devices=0"], "trainer.devices"),
+    ("train", ["seed=-1"], "seed"),
+    ("train", ["+module.momentum=inf"], "module.momentum"),  # finite anywhere
+    ("sample", ["temperatures=[nan]"], "temperatures"),
+    ("sample", ["temperatures=[0.5,inf]"], "temperatures"),
+    ("sample", ["n=0"], "n"),
+    ("sample", ["guidance=nan"], "guidance"),
+    ("sample", ["jacobi_tolerance=-1"], "jacobi_tolerance"),
+    ("sample", ["batch_size=0"], "batch_size"),
+    ("sample", ["y=-2"], "y"),
+    ("eval", ["samples=0"], "samples"),
+    ("eval", ["bins=0"], "bins"),
+    ("eval", ["max_images=0"], "max_images"),
+    ("eval", ["data.batch_size=0"], "data.batch_size"),
+    ("eval", ["data=mnist", "data.val_size=-1"], "data.val_size"),
+    ("score", ["train_images=0"], "train_images"),
+    ("score", ["seed=-1"], "seed"),
+    ("interpolate", ["temperature=nan"], "temperature"),
+    ("interpolate", ["temperature=-1"], "temperature"),
+    ("interpolate", ["steps=1"], "steps"),
+    ("manipulate", ["alphas=[0,inf]"], "alphas"),
+    ("manipulate", ["indices=[-1]"], "indices"),
+    ("manipulate", ["class_a=-1", "class_b=0"], "class_a"),
+    ("prepare", ["num_workers=0"], "num_workers"),
+]
+
+
+@pytest.mark.parametrize(("app", "overrides", "key"), BAD, ids=[" ".join(b[1]) for b in BAD])
+def test_a_bad_number_is_one_line_naming_the_key_and_its_range(app, overrides, key) -> None:
+    cfg = composed(app, overrides)
+    with pytest.raises(ValueError) as raised:
+        check_options(cfg)
+    message = str(raised.value)
+    assert message.startswith(f"{key}="), message
+    assert " must be " in message
+    assert "\n" not in message
+
+
+GOOD = [  # edge values that are valid
+    ("train", ["trainer.max_epochs=-1", "trainer.max_steps=100"]),
+    ("train", ["trainer.gradient_clip_val=null"]),
+    ("train", ["trainer.gradient_clip_val=0"]),
+    ("train", ["trainer.val_check_interval=0.5", "++trainer.limit_val_batches=0"]),
+    ("train", ["trainer.log_every_n_steps=0", "+trainer.fast_dev_run=true"]),
+    ("train", ["callbacks/ema=on", "callbacks.ema.decay=0"]),
+    ("train", ["data.val_size=0", "module.scheduler.warmup_steps=0"]),
+    ("train", ["model=tarflow", "model.guidance=-0.5", "model.jacobi_tolerance=0"]),
+    ("sample", ["y=all", "temperatures=0.5"]),
+    ("sample", ["temperatures=[0]", "guidance=1.5"]),
+    ("manipulate", ["indices=3", "alphas=-2", "class_a=1", "class_b=0"]),
+    ("interpolate", ["a=some/image.png", "b=3"]),
+]
+
+
+@pytest.mark.parametrize(("app", "overrides"), GOOD, ids=[" ".join(g[1]) for g in GOOD])
+def test_valid_edge_values_pass(app, overrides) -> None:
+    check_options(composed(app, overrides))
+
+
+def _names(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", _names("model"))
+def test_every_model_preset_passes(preset: str) -> None:
+    check_options(composed("train", [f"model={preset}"]))
+
+
+@pytest.mark.parametrize("experiment", _names("experiment"))
+def test_every_experiment_passes(experiment: str) -> None:
+    check_options(composed("train", [f"experiment={experiment}"]))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["debug=fdr"],
+        ["debug=limit"],
+        ["debug=overfit"],
+        ["debug=profiler"],
+        ["callbacks/ema=on"],
+        ["trainer=ddp_cpu"],
+        ["logger=csv", "callbacks=minimal"],
+        ["data=synthetic"],
+        ["data=image_folder"],
+    ],
+)
+def test_other_groups_pass(overrides: list[str]) -> None:
+    check_options(composed("train", overrides))
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_every_tool_config_passes(tool: str) -> None:
+    check_options(composed(tool, []))
+
+
+# ------------------------------------------------------------------- the rules are complete
+
+
+def _targets() -> dict[str, set[str]]:
+    """Every ``_target_`` in conf/ (hydra's own plugins left out) -> its numeric keys there."""
+    found: dict[str, set[str]] = {}
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            target = node.get("_target_")
+            if target and not target.startswith(("hydra_plugins", "optuna")):
+                numeric = {
+                    k
+                    for k, v in node.items()
+                    if isinstance(v, int | float | list)
+                    and not isinstance(v, bool)
+                    and k != "defaults"
+                }
+                found.setdefault(target, set()).update(numeric)
+            for value in node.values():
+                walk(value)
+
+    for path in CONF.rglob("*.yaml"):
+        walk(yaml.safe_load(path.read_text()))
+    return found
+
+
+def _numeric(annotation) -> bool:
+    args = typing.get_args(annotation) or (annotation,)
+    return any(
+        a in (int, float) or typing.get_origin(a) in (list, tuple, typing.Sequence)
+        for a in args
+        if a is not bool
+    ) or any(_numeric(a) for a in typing.get_args(annotation) if typing.get_args(a))
+
+
+BUILT_AT_RUN_TIME = {"in_channels", "out_channels", "channels", "image_shape", "total_steps"}
+
+
+@pytest.mark.parametrize("target", sorted(_targets()))
+def test_every_numeric_parameter_of_a_target_has_a_rule(target: str) -> None:
+    """glowlab's own targets: every int/float/sequence parameter of the signature; others
+    (torch, Lightning): every numeric key the shipped configs set."""
+    rules = RULES.get(target, {})
+    keys = set(_targets()[target])
+    if target.startswith("glowlab."):
+        obj = get_object(target)
+        function = obj.__init__ if inspect.isclass(obj) else obj
+        hints = typing.get_type_hints(function)
+        keys |= {name for name, hint in hints.items() if name != "return" and _numeric(hint)}
+    missing = sorted(keys - BUILT_AT_RUN_TIME - set(rules))
+    assert not missing, f"{target}: no range for {missing}"
+
+
+@pytest.mark.parametrize("tool", ("train", *TOOLS))
+def test_every_numeric_top_level_option_has_a_rule(tool: str) -> None:
+    primary = yaml.safe_load((CONF / f"{tool}.yaml").read_text())
+    numeric = {
+        k for k, v in primary.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    numeric |= {k for k, v in primary.items() if v is None and k in TOOL_OPTIONS}
+    assert numeric <= set(TOOL_OPTIONS), sorted(numeric - set(TOOL_OPTIONS))
+
+
+# ------------------------------------------------------------------- the console scripts
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "expected"),
+    [
+        (
+            "glowlab-train",
+            ["trainer.gradient_clip_val=-1"],
+            "glowlab-train: error: trainer.gradient_clip_val=-1 must be a finite number >= 0",
+        ),
+        (
+            "glowlab-sample",
+            ["ckpt=missing.ckpt", "temperatures=[nan]"],
+            "glowlab-sample: error: temperatures=[nan] must be a non-empty list",
+        ),
+        (
+            "glowlab-interpolate",
+            ["ckpt=missing.ckpt", "temperature=inf"],
+            "glowlab-interpolate: error: temperature=inf must be a finite number >= 0",
+        ),
+    ],
+)
+def test_console_scripts_refuse_before_any_work(tmp_path: Path, script, args, expected) -> None:
+    """One stderr line, exit 1, no traceback; nothing is loaded first (the checkpoint does not
+    even exist)."""
+    command = [str(Path(sys.executable).parent / script), *args, f"hydra.run.dir={tmp_path}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120
+    )
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [lines[0]] and lines[0].startswith(expected), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
