@@ -37,6 +37,9 @@ NOISE = {
 NOISY_WARNINGS = (
     # torch deprecated LeafSpec; Lightning's own _pytree helper still builds one per batch.
     (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+    # conf/hydra/launcher/joblib.yaml sets the options of the joblib plugin's schema of the
+    # same name on purpose (so that `hydra/launcher=joblib` keeps its name).
+    (UserWarning, r"\s*'hydra/launcher/joblib' is validated against ConfigStore schema"),
 )
 GLOWLAB_DIR = Path(__file__).resolve().parent
 
@@ -64,6 +67,14 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:  # n
     return f"{filename}:{lineno}: {category.__name__}: {message}\n"
 
 
+def ignore_noisy_warnings() -> None:
+    """Ignore :data:`NOISY_WARNINGS` and print the others on one line (also done on import, so
+    that a sweep's worker processes, which import glowlab before running a job, do it too)."""
+    for category, message in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    warnings.formatwarning = _format_warning
+
+
 def quiet_third_party() -> None:
     """Drop the lines of :data:`NOISE` and :data:`NOISY_WARNINGS`, print warnings on one line.
     Safe to call more than once."""
@@ -71,9 +82,7 @@ def quiet_third_party() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) for f in logger.filters):
             logger.addFilter(_DropMessages(patterns))
-    for category, message in NOISY_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category)
-    warnings.formatwarning = _format_warning
+    ignore_noisy_warnings()
 
 
 def say(line: str, logger: logging.Logger) -> None:
@@ -90,3 +99,6 @@ class ProgressBar(RichProgressBar):
         if self.trainer.max_epochs is None or self.trainer.max_epochs >= 0:
             return super()._get_train_description(current_epoch)
         return f"{f'Epoch {current_epoch}':{len(self.validation_description)}}"
+
+
+ignore_noisy_warnings()

@@ -2,6 +2,9 @@
 
 Reads every ``metrics.json`` under ``DIR`` (a Hydra multirun dir, or any folder of runs),
 prints a markdown table sorted by bpd, and writes ``report.md`` and ``report.csv`` in ``DIR``.
+The jobs of a sweep (``multirun.yaml``) that did not finish are listed after it, with their
+status (``failed`` with its error line from ``failed.json``, ``unfinished``, ``not run``); in
+``report.csv`` they are rows with a ``status`` and an ``error`` column.
 
 Runs of noise-augmented models (``model/dequantization=gaussian``) report ``noisy_bpd``, the
 density of noisy images and not a bpd of the data: it gets its own columns
@@ -20,7 +23,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from glowlab.sweeps import FAILED, job_statuses
+
 COLUMNS = ("run", "overrides", "val/bpd", "test/bpd", "steps", "wall_time_s", "parameters")
+STATUS_COLUMNS = ("run", "overrides", "status", "error")
 NOISY_COLUMNS = ("val/noisy_bpd", "test/noisy_bpd")
 SORT_KEYS = ("test/bpd", "val/bpd", *reversed(NOISY_COLUMNS))
 
@@ -38,6 +44,30 @@ def collect(root: Path) -> list[dict[str, Any]]:
                 **{key: metrics.get(key) for key in (*COLUMNS[2:], *NOISY_COLUMNS)},
             }
         )
+    return rows
+
+
+def unfinished(root: Path) -> list[dict[str, Any]]:
+    """One row per job below ``root`` that did not finish: the jobs of every sweep
+    (``multirun.yaml``) without ``metrics.json``, and any other dir with a ``failed.json``."""
+    rows, seen = [], set()
+    for config in sorted(root.rglob("multirun.yaml")):
+        sweep = config.parent
+        for row in job_statuses(sweep):
+            path = sweep / row["run"]
+            seen.add(path.resolve())
+            rows.append({**row, "run": str(path.relative_to(root))})
+    for path in sorted(root.rglob(FAILED)):
+        if path.parent.resolve() not in seen and not (path.parent / "metrics.json").is_file():
+            record = json.loads(path.read_text())
+            rows.append(
+                {
+                    "run": str(path.parent.relative_to(root)) or ".",
+                    "overrides": " ".join(record.get("overrides", [])),
+                    "status": "failed",
+                    "error": record.get("error", ""),
+                }
+            )
     return rows
 
 
@@ -59,18 +89,28 @@ def columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
     return (*COLUMNS[:4], *NOISY_COLUMNS, *COLUMNS[4:])
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    names = columns(rows)
+def _table(rows: list[dict[str, Any]], names: tuple[str, ...]) -> list[str]:
     lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
-    lines += ["| " + " | ".join(_cell(row.get(c)) for c in names) + " |" for row in rows]
+    cells = [[_cell(row.get(c)).replace("|", "\\|") for c in names] for row in rows]
+    return lines + ["| " + " | ".join(row) + " |" for row in cells]
+
+
+def markdown(rows: list[dict[str, Any]], others: list[dict[str, Any]] = ()) -> str:
+    """The table of finished runs, then (if any) the table of jobs that did not finish."""
+    lines = _table(rows, columns(rows)) if rows else ["No run finished."]
+    if others:
+        lines += ["", f"{len(others)} job(s) did not finish:", "", *_table(others, STATUS_COLUMNS)]
     return "\n".join(lines) + "\n"
 
 
-def to_csv(rows: list[dict[str, Any]]) -> str:
+def to_csv(rows: list[dict[str, Any]], others: list[dict[str, Any]] = ()) -> str:
+    """Finished runs, then unfinished jobs (``status``/``error`` columns only when any)."""
+    names = columns(rows) + (("status", "error") if others else ())
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns(rows), extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=names, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows([{**row, "status": "finished"} for row in rows] if others else rows)
+    writer.writerows(others)
     return buffer.getvalue()
 
 
@@ -82,14 +122,15 @@ def main(argv: list[str] | None = None) -> None:
     if not args.directory.is_dir():
         sys.exit(f"glowlab-report: error: {args.directory} is not a directory")
     rows = sort_rows(collect(args.directory), args.sort_by)
-    if not rows:
+    others = unfinished(args.directory)
+    if not rows and not others:
         sys.exit(
             f"glowlab-report: error: no metrics.json under {args.directory}; "
             "point it at a glowlab-train run or multirun directory"
         )
-    table = markdown(rows)
+    table = markdown(rows, others)
     (args.directory / "report.md").write_text(table)
-    (args.directory / "report.csv").write_text(to_csv(rows))
+    (args.directory / "report.csv").write_text(to_csv(rows, others))
     print(table, end="")
     print(f"\nwrote {args.directory / 'report.md'} and {args.directory / 'report.csv'}")
 

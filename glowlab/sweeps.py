@@ -33,8 +33,19 @@ def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def _label(number: Any, overrides: Sequence[str]) -> str:
-    return f"job #{number} ({' '.join(overrides)})"
+def swept_keys(config: DictConfig) -> set[str]:
+    """The keys a sweep varies (comma lists, ranges, ``hydra.sweeper.params``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    task = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    keys = {o.key_or_group for o in task if o.is_sweep_override()}
+    return keys | {str(k) for k in (config.hydra.sweeper.get("params") or {})}
+
+
+def _label(number: Any, overrides: Sequence[str], swept: set[str] | None = None) -> str:
+    """``job #1 (model.depth=-1)``: the job's swept overrides (all of them if none is known)."""
+    shown = [o for o in overrides if swept and o.lstrip("+~").split("=")[0] in swept]
+    return f"job #{number} ({' '.join(shown or overrides)})"
 
 
 def write_failure(job_dir: Path, number: Any, overrides: Sequence[str], error: str, stage: str):
@@ -46,8 +57,8 @@ def write_failure(job_dir: Path, number: Any, overrides: Sequence[str], error: s
     os.replace(temporary, job_dir / FAILED)
 
 
-def failure_line(prog: str, number: Any, overrides: Sequence[str], job_dir: Path, error: str):
-    return f"{prog}: error: {_label(number, overrides)} in {job_dir}: {error}"
+def failure_line(prog: str, label: str, job_dir: Path, error: str) -> str:
+    return f"{prog}: error: {label} in {job_dir}: {error}"
 
 
 def record_failure(prog: str, error: str) -> None:
@@ -56,7 +67,9 @@ def record_failure(prog: str, error: str) -> None:
     job_dir = Path(hydra.runtime.output_dir)
     overrides = list(hydra.overrides.task)
     write_failure(job_dir, hydra.job.num, overrides, error, stage="run")
-    line = failure_line(prog, hydra.job.num, overrides, job_dir, error)
+    master = Path(hydra.sweep.dir) / "multirun.yaml"
+    swept = swept_keys(OmegaConf.load(master)) if master.is_file() else None
+    line = failure_line(prog, _label(hydra.job.num, overrides, swept), job_dir, error)
     print(line, file=sys.stderr, flush=True)
 
 
@@ -150,7 +163,8 @@ class SweepCallback(Callback):
                     if message is None:
                         raise
                     write_failure(path, number, overrides, message, stage="check")
-                    line = failure_line(prog_of(config), number, overrides, path, message)
+                    label = _label(number, overrides, swept_keys(config))
+                    line = failure_line(prog_of(config), label, path, message)
                     print(f"{line} (refused: it will not run)", file=sys.stderr, flush=True)
         finally:
             HydraConfig.instance().cfg = saved
@@ -163,7 +177,8 @@ class SweepCallback(Callback):
         records = [json.loads(p.read_text()) for p in failed]
         jobs = sweep_overrides(config)
         total = len(jobs) if jobs is not None else len(list(sweep_dir.glob("*/.hydra")))
-        names = ", ".join(_label(r["job"], r["overrides"]) for r in records)
+        swept = swept_keys(config)
+        names = ", ".join(_label(r["job"], r["overrides"], swept) for r in records)
         raise SystemExit(
             f"{prog_of(config)}: error: {len(records)} of {total} sweep jobs failed: {names} "
             f"(errors in their {FAILED}); the others finished: glowlab-report {sweep_dir} "

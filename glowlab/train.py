@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from glowlab.cli import hydra_app, run_cli
 from glowlab.console import say
 from glowlab.migration import check_model_config, check_resumable
+from glowlab.outputs import OutputWriteError, write_text
 from glowlab.training.callbacks import SampleGrid, StopOnSignal, TrainingInterrupted
 from glowlab.training.checkpoints import check_config_unchanged, checkpoint_step, load_checkpoint
 from glowlab.training.run import RunObjects, build_run, metric_key, slurm_requeued
@@ -126,6 +127,18 @@ def _nonfinite_message(cfg: DictConfig, step: int) -> str:
     )
 
 
+def _write_failed_message(cfg: DictConfig, error: OutputWriteError) -> str:
+    """``error``'s line, then where training can resume from once the disk is fixed."""
+    last = (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").resolve()
+    saved = checkpoint_step(last) if last.is_file() else None
+    if saved is None:
+        return f"{error.strerror}. Training stopped before any checkpoint was written"
+    return (
+        f"{error.strerror}. Training stopped; {last} holds step {saved}: once the disk is "
+        f"fixed, resume with: {resume_command(cfg, str(last))}"
+    )
+
+
 def fit_and_test(cfg: DictConfig, run: RunObjects) -> dict[str, Any]:
     """Fit (optionally resuming), test the best checkpoint, return the run's metrics: ``val/``,
     ``train/`` and ``test/`` + the model's ``metric_name`` (``bpd``, or ``noisy_bpd`` for
@@ -144,6 +157,8 @@ def fit_and_test(cfg: DictConfig, run: RunObjects) -> dict[str, Any]:
             if stop is None:
                 raise
             stop_interrupted(cfg, stop)
+        except OutputWriteError as error:
+            raise OutputWriteError(error.errno, _write_failed_message(cfg, error)) from None
         if module.nonfinite_step is not None:
             raise FloatingPointError(_nonfinite_message(cfg, module.nonfinite_step))
         for key in ("val/bpd", "train/bpd"):
@@ -207,10 +222,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics = fit_and_test(cfg, run)
     if run.trainer.is_global_zero:
         _log_hparams(cfg, run, metrics)
-        out = Path(cfg.paths.output_dir) / "metrics.json"
-        out.write_text(json.dumps(metrics, indent=2) + "\n")
+        write_text(
+            Path(cfg.paths.output_dir) / "metrics.json", json.dumps(metrics, indent=2) + "\n"
+        )
         keys = [metric_key(k, metrics["metric"]) for k in ("val/bpd", "test/bpd")]
         summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if metrics.get(k) is not None)
+        summary = summary or f"no {' or '.join(keys)} (no validation or test ran)"
         say(f"glowlab: {summary} | steps {metrics['steps']} | {metrics['wall_time_s']:.0f} s", log)
         say(f"glowlab: run dir {cfg.paths.output_dir}", log)
         if metrics.get("sample_grid"):
