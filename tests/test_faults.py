@@ -18,10 +18,12 @@ import lightning as L
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import glowlab.outputs as outputs
 import glowlab.training.checkpoints as checkpoints
 from glowlab.cli import user_error
 from glowlab.train import fit_and_test, train
-from glowlab.training.checkpoints import CheckpointWriteError, load_checkpoint
+from glowlab.outputs import OutputWriteError
+from glowlab.training.checkpoints import load_checkpoint
 from glowlab.training.run import build_run
 from tests.conftest import compose_run
 
@@ -51,7 +53,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
 
 class _DiskFullFrom(L.Callback):
-    """From ``step`` on, every fsync of a checkpoint file fails with ENOSPC."""
+    """From ``step`` on, every fsync of a written file fails with ENOSPC."""
 
     def __init__(self, step: int, monkeypatch: pytest.MonkeyPatch) -> None:
         self.step, self.monkeypatch = step, monkeypatch
@@ -62,7 +64,7 @@ class _DiskFullFrom(L.Callback):
             def full(fd: int) -> None:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-            self.monkeypatch.setattr(checkpoints.os, "fsync", full)
+            self.monkeypatch.setattr(outputs.os, "fsync", full)
 
 
 def test_full_disk_stops_with_one_line_and_keeps_the_previous_checkpoint(
@@ -73,14 +75,37 @@ def test_full_disk_stops_with_one_line_and_keeps_the_previous_checkpoint(
     )
     run = build_run(cfg)
     run.trainer.callbacks.insert(0, _DiskFullFrom(3, monkeypatch))
-    with pytest.raises(CheckpointWriteError) as raised:
+    with pytest.raises(OutputWriteError) as raised:
         fit_and_test(cfg, run)
     message = str(user_error(raised.value))
     assert "disk is full" in message and "last.ckpt" in message and "\n" not in message
+    assert "holds step 2" in message and "resume with: glowlab-train" in message
     monkeypatch.undo()
     ckpt_dir = tmp_path / "checkpoints"
     assert load_checkpoint(ckpt_dir / "last.ckpt")["global_step"] == 2
     assert not list(ckpt_dir.glob(".*.tmp"))  # no half-written file left behind
+
+
+def test_full_disk_at_a_sample_grid_is_one_line_with_the_resume_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Default callbacks, 4 batches in the epoch, the disk full from step 3: the epoch-end
+    validation's sample grid is the first write that fails. One line naming the grid, the
+    reason and the resume command; last.ckpt of step 2 intact, no temporary file left."""
+    cfg = compose_run(
+        tmp_path, [*TINY, "logger=csv", "callbacks.model_checkpoint.last_every_n_steps=2"]
+    )
+    run = build_run(cfg)
+    run.trainer.callbacks.insert(0, _DiskFullFrom(3, monkeypatch))
+    with pytest.raises(OutputWriteError) as raised:
+        fit_and_test(cfg, run)
+    message = str(user_error(raised.value))
+    monkeypatch.undo()
+    assert message.startswith("could not write sample grid ") and "\n" not in message
+    assert "(the disk is full)" in message and "holds step 2" in message
+    assert "resume with: glowlab-train" in message
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 2
+    assert not list(tmp_path.rglob(".*.tmp"))
 
 
 def test_empty_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
@@ -106,7 +131,12 @@ def test_resume_with_a_changed_model_or_data_config_is_refused(
 
 
 def test_allowed_config_change_resumes(tiny_ckpt: Path, tmp_path: Path) -> None:
-    overrides = ["data.eval_batch_size=8", "trainer.max_epochs=2", "logger=csv"]
+    overrides = [
+        "data.eval_batch_size=8",
+        "trainer.max_epochs=2",
+        "module.resume_schedule=rebuild",  # a finished 4-step schedule, now 8 steps
+        "logger=csv",
+    ]
     metrics = train(compose_run(tmp_path, [*TINY, *overrides, f"ckpt_path={tiny_ckpt}"]))
     assert metrics["steps"] == 8  # 4 more steps after the checkpoint's 4
     checkpoint = load_checkpoint(tiny_ckpt)

@@ -3,6 +3,7 @@ the very tensors of the same run done in one go — model, optimizer, schedule, 
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from pathlib import Path
@@ -63,11 +64,10 @@ class _SignalAtStep(L.Callback):
             os.kill(os.getpid(), self.signum)
 
 
-def _fit(run_dir: Path, overrides: list[str], extra: L.Callback | None = None):
+def _fit(run_dir: Path, overrides: list[str], *extra: L.Callback):
     cfg = compose_run(run_dir, [*REAL_TINY, *overrides])
     run = build_run(cfg)
-    if extra is not None:
-        run.trainer.callbacks.insert(0, extra)
+    run.trainer.callbacks[:0] = extra
     fit_and_test(cfg, run)
     return run
 
@@ -157,18 +157,51 @@ def test_interrupted_and_resumed_equals_straight(
     _assert_bit_equal(_state(straight), _state(resumed))
 
 
-def test_schedule_keeps_the_original_length_when_max_steps_changes(tmp_path: Path) -> None:
-    """Resuming with another max_steps continues the original schedule (total 14 steps)."""
+def test_schedule_keeps_the_original_length_when_asked(tmp_path: Path) -> None:
+    """Resuming with a larger max_steps and resume_schedule=keep continues the original
+    schedule (total 14 steps); the steps past its end run at its final LR, 0."""
     first = tmp_path / "first"
     assert _interrupted(first, STEPS, _SignalAtStep(5, signal.SIGTERM)) == 143
     last = first / "checkpoints" / "last.ckpt"
     assert load_checkpoint(last)["glowlab"]["total_steps"] == 14
-    run = _fit(
-        tmp_path / "resumed",
-        ["trainer.max_steps=16", "trainer.max_epochs=-1", f"ckpt_path={last}"],
-    )
+    more = ["trainer.max_steps=16", "trainer.max_epochs=-1", f"ckpt_path={last}"]
+    run = _fit(tmp_path / "resumed", [*more, "module.resume_schedule=keep"])
     assert run.module.total_steps == 14
     assert run.trainer.global_step == 16
+    assert run.trainer.optimizers[0].param_groups[0]["lr"] == 0
+
+
+def test_extending_a_finished_run_is_refused_or_rebuilds_the_schedule(tmp_path: Path) -> None:
+    """A finished 14-step run resumed with max_steps=20: refused in one line naming both
+    choices; with resume_schedule=rebuild the cosine spans 20 steps and every added step trains
+    at that schedule's (non-zero) LR, and the added steps are validated."""
+    _fit(tmp_path / "done", STEPS)
+    last = tmp_path / "done" / "checkpoints" / "last.ckpt"
+    more = ["trainer.max_steps=20", "trainer.max_epochs=-1", f"ckpt_path={last}"]
+    with pytest.raises(ValueError, match=r"plans 20 optimizer steps .* spans 14") as refused:
+        _fit(tmp_path / "refused", more)
+    assert "module.resume_schedule=rebuild" in str(refused.value)
+    assert "module.resume_schedule=keep" in str(refused.value)
+    lrs, seen = _LearningRates(), _Validations()
+    run = _fit(tmp_path / "extended", [*more, "module.resume_schedule=rebuild"], lrs, seen)
+    assert run.module.total_steps == 20 and run.trainer.global_step == 20
+    base = run.trainer.lr_scheduler_configs[0].scheduler.base_lrs[0]
+    expected = [base * 0.5 * (1 + math.cos(math.pi * step / 20)) for step in range(14, 20)]
+    assert lrs.values == pytest.approx(expected, rel=1e-6)
+    assert seen.steps == [18]  # the end of epoch 3 (6 batches an epoch)
+    assert load_checkpoint(tmp_path / "extended" / "checkpoints" / "last.ckpt")[
+        "glowlab"
+    ]["total_steps"] == 20
+
+
+class _LearningRates(L.Callback):
+    """The LR of every training batch, as the optimizer step uses it."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.values.append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
 class _Validations(L.Callback):

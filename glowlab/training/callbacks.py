@@ -15,9 +15,10 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 
 from glowlab.models.multiscale import MultiscaleFlow
+from glowlab.outputs import save_image
 from glowlab.validation import check_int, check_range
 
 
@@ -230,11 +231,12 @@ class SampleGrid(L.Callback):
         model.eval()
         eps = [e.to(pl_module.device) for e in model.latent_noise(self.n, self.seed)]
         y = self._labels(model, pl_module.device)
-        self.dirpath.mkdir(parents=True, exist_ok=True)
         for t in self.temperatures:
             grid = image_grid(model.sample(self.n, t, y=y, eps=eps).cpu(), model.n_bits)
-            save_image(grid, self.dirpath / f"step{trainer.global_step:06d}_T{t}.png")
-            save_image(grid, self.dirpath / f"latest_T{t}.png")
+            save_image(
+                grid, self.dirpath / f"step{trainer.global_step:06d}_T{t}.png", "sample grid"
+            )
+            save_image(grid, self.dirpath / f"latest_T{t}.png", "sample grid")
             self.latest[t] = self.dirpath / f"latest_T{t}.png"
             for logger in trainer.loggers:
                 experiment = getattr(logger, "experiment", None)

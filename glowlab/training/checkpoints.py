@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import errno
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from glowlab.outputs import write_atomic
+
 # Keys of the data config that change neither the model nor the training data order.
 SAFE_DATA_KEYS = frozenset({"root", "download", "num_workers", "eval_batch_size"})
-
-
-class CheckpointWriteError(OSError, ValueError):
-    """A checkpoint could not be written (full disk, no permission); the previous one is intact.
-
-    A ``ValueError`` too, so the command-line apps report it as one ``error:`` line.
-    """
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -54,14 +47,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes every checkpoint atomically: to ``.<name>.tmp`` in the target's own directory,
-    flushed and fsync'ed, then ``os.replace``'d over the target (and the directory fsync'ed).
+    """Writes every checkpoint atomically through :func:`glowlab.outputs.write_atomic`.
 
     A CheckpointIO plugin rather than a ModelCheckpoint override because every write goes
     through it: ``ModelCheckpoint`` (best and ``last.ckpt``), ``trainer.save_checkpoint`` at a
     signal, and Lightning's SLURM ``hpc_ckpt_*.ckpt``. A failed write (``ENOSPC``, ``EACCES``)
-    removes the temporary file, leaves the previous checkpoint untouched and raises
-    :class:`CheckpointWriteError` naming the file.
+    leaves the previous checkpoint untouched and raises an ``OutputWriteError`` naming the
+    file and how to resume.
     """
 
     def save_checkpoint(
@@ -70,38 +62,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         target = Path(path)
-        tmp = target.with_name(f".{target.name}.tmp")
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, target)
-            _fsync_dir(target.parent)
-        except OSError as error:
-            tmp.unlink(missing_ok=True)
-            reason = "the disk is full" if error.errno == errno.ENOSPC else error.strerror
-            raise CheckpointWriteError(
-                error.errno,
-                f"could not write checkpoint {target} ({reason or error}); the previous "
-                f"checkpoint in {target.parent} is unchanged. Free space or fix permissions, "
-                "then resume with ckpt_path=<the last checkpoint there>",
-            ) from None
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist a rename: fsync the directory (not possible on every platform)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        write_atomic(
+            target,
+            lambda file: torch.save(checkpoint, file),
+            what="checkpoint",
+            advice=f"the previous checkpoint in {target.parent} is unchanged. Free space or fix "
+            "permissions, then resume with ckpt_path=<the last checkpoint there>",
+        )
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

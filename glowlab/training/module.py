@@ -16,10 +16,13 @@ from glowlab.migration import CHECKPOINT_FORMAT
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.training.epoch_boundary import at_epoch_end, start_next_epoch
 from glowlab.training.rng import capture_rng_state, restore_rng_state
-from glowlab.validation import check_positive
+from glowlab.validation import check_positive, choose
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+RESUME_SCHEDULES = ("keep", "rebuild")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -52,6 +55,11 @@ class FlowModule(L.LightningModule):
         compile: ``torch.compile`` mode for every level's flow steps (``default``,
             ``reduce-overhead``, ``max-autotune``), or None for eager; see
             ``glowlab.compilation``.
+        resume_schedule: what a resumed run does when it plans more optimizer steps than the
+            checkpoint's LR schedule spans (a larger ``max_steps``/``max_epochs``): None
+            refuses with the choices, ``"keep"`` keeps the original schedule (the steps past
+            its end run at its final LR: 0 for a cosine to 0), ``"rebuild"`` builds the
+            schedule anew over the new total and continues it at the current step.
     """
 
     def __init__(
@@ -63,9 +71,13 @@ class FlowModule(L.LightningModule):
         eval_seed: int = 1234,
         channels_last: bool = False,
         compile: str | None = None,
+        resume_schedule: str | None = None,
     ) -> None:
         super().__init__()
         check_positive("init_batch_size", init_batch_size)
+        if resume_schedule is not None:
+            choose("module.resume_schedule", resume_schedule, RESUME_SCHEDULES)
+        self.resume_schedule = resume_schedule
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -80,6 +92,7 @@ class FlowModule(L.LightningModule):
         self.nonfinite_step: int | None = None  # set when the loss goes NaN/Inf
         self.run_config: dict[str, Any] = {}
         self.total_steps: int | None = None  # of the LR schedule; restored on resume
+        self.resumed_step: int | None = None  # the checkpoint's global step on resume
 
     # ---------------------------------------------------------------- set-up
     def configure_optimizers(self) -> dict[str, Any]:
@@ -94,12 +107,48 @@ class FlowModule(L.LightningModule):
     def schedule_total_steps(self) -> int:
         """Optimizer steps the LR schedule spans: the run's estimate when it starts, and the
         value saved in the checkpoint when it resumes (so the schedule is the original one
-        even if ``max_steps``/``max_epochs`` or the data changed)."""
+        even if ``max_steps``/``max_epochs`` or the data changed, unless ``resume_schedule``
+        rebuilds it: see :meth:`check_schedule_length`)."""
         if self.total_steps is None:
             self.total_steps = int(self.trainer.estimated_stepping_batches)
         return self.total_steps
 
+    def check_schedule_length(self) -> None:
+        """On resume (after the loops and loaders are restored, so that estimating the run's
+        steps cannot set up the train loader before its saved position is loaded): a run that
+        plans more optimizer steps than the schedule spans is refused, or keeps the schedule,
+        or rebuilds it over the new total at the current step, per ``resume_schedule``."""
+        schedule = self.lr_schedulers()
+        planned = int(self.trainer.estimated_stepping_batches)
+        if schedule is None or self.resumed_step is None or planned <= self.total_steps:
+            return
+        if self.resume_schedule is None:
+            raise ValueError(
+                f"this run plans {planned} optimizer steps but the checkpoint's LR schedule "
+                f"spans {self.total_steps} (it stopped at step {self.resumed_step}), so the "
+                "steps past its end would run at its final LR (0 for a cosine to 0); pass "
+                "module.resume_schedule=rebuild to build the schedule over "
+                f"{planned} steps and continue it, or module.resume_schedule=keep to keep it"
+            )
+        if self.resume_schedule == "keep":
+            return
+        if not isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):
+            raise ValueError(
+                f"module.resume_schedule=rebuild needs a LambdaLR schedule (glowlab's "
+                f"module/scheduler presets), not {type(schedule).__name__}; use keep"
+            )
+        rebuilt = self.scheduler_factory(schedule.optimizer, total_steps=planned)
+        schedule.lr_lambdas = rebuilt.lr_lambdas
+        step = schedule.last_epoch
+        for group, base, factor in zip(
+            schedule.optimizer.param_groups, schedule.base_lrs, schedule.lr_lambdas, strict=True
+        ):
+            group["lr"] = base * factor(step)  # the restored optimizer holds the old LR
+        schedule._last_lr = [group["lr"] for group in schedule.optimizer.param_groups]
+        self.total_steps = planned
+
     def on_train_start(self) -> None:
+        self.check_schedule_length()
         if not self.actnorms_initialized():
             self.initialize_actnorm(self.trainer.train_dataloader)
             self.ranks_agree["after_actnorm_init"] = self.parameters_agree_across_ranks()
@@ -201,3 +250,4 @@ class FlowModule(L.LightningModule):
         restore_rng_state(checkpoint["glowlab"]["rng_state"])
         # on_load_checkpoint runs before configure_optimizers: the schedule keeps its length
         self.total_steps = checkpoint["glowlab"].get("total_steps")
+        self.resumed_step = checkpoint.get("global_step")

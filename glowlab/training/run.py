@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from glowlab.data import ImageDataModule
 from glowlab.models.multiscale import MultiscaleFlow
+from glowlab.outputs import check_writable
 from glowlab.training.callbacks import StopOnSignal
 from glowlab.training.checkpoints import AtomicCheckpointIO
 from glowlab.training.data_order import make_train_order_resumable
@@ -71,21 +71,6 @@ def check_n_bits(cfg: DictConfig) -> None:
         f"model.n_bits={model_bits} disagrees with data.n_bits={data_bits}; the model is built "
         f"for the data's bit depth, so set data.n_bits={model_bits} (and drop model.n_bits)"
     )
-
-
-def check_writable(directories: list[str | Path]) -> None:
-    """Create each directory and write a probe file there; ``ValueError`` naming the first
-    that fails, before any training time is spent."""
-    for directory in dict.fromkeys(str(d) for d in directories if d):
-        try:
-            Path(directory).mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
-                pass
-        except OSError as error:
-            raise ValueError(
-                f"output directory {directory} is not writable ({error.strerror or error}); "
-                "pick a writable place with hydra.run.dir=<dir> or paths.root_dir=<dir>"
-            ) from None
 
 
 def output_directories(trainer: L.Trainer, cfg: DictConfig) -> list[str]:
@@ -189,7 +174,10 @@ def build_run(cfg: DictConfig) -> RunObjects:
         datamodule, int(cfg.seed), lambda: (trainer.world_size, trainer.global_rank)
     )
     if cfg.get("train", True) and trainer.is_global_zero and not trainer.fast_dev_run:
-        check_writable(output_directories(trainer, cfg))
+        check_writable(
+            output_directories(trainer, cfg),
+            "pick a writable place with hydra.run.dir=<dir> or paths.root_dir=<dir>",
+        )
     return RunObjects(datamodule, model, module, trainer)
 
 
