@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -89,6 +90,34 @@ def _scan(path: Path, mode: str, size: int) -> FileInfo:
     except _DECODE_ERRORS:
         return FileInfo(path, False)
     return found
+
+
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I"} | SIXTEEN_BIT_MODES)
+"""PIL modes with one colour channel (alpha aside)."""
+ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+
+
+def mode_conversion(infos: Sequence[FileInfo], mode: str) -> tuple[str, list[str]]:
+    """What reading the images of ``infos`` as ``mode`` (``L`` or ``RGB``) changes, as
+    ``(sentence, ["<path> (<mode>)", ...])`` for the files converted; ``("", [])`` when none is.
+
+    The sentence follows "<n> of <total> images under <root>": the target mode, the count per
+    source mode, and what the user may want instead (``data.channels``). 16-bit images are
+    left to their own warning, as in ``glowlab.tools.images``.
+    """
+    converted = [i for i in infos if i.mode != mode and not i.sixteen_bit]
+    if not converted:
+        return "", []
+    counts = Counter(i.mode for i in converted)
+    parts = [", ".join(f"{n} from {m}" for m, n in sorted(counts.items()))]
+    if counts.keys() & ALPHA_MODES:
+        parts.append("transparency dropped")
+    if mode == "L" and counts.keys() - GREY_MODES:
+        parts.append("their colour is lost; data.channels=3 keeps it")
+    elif mode == "RGB" and all(i.mode in GREY_MODES for i in infos):
+        parts.append("every image is grey: data.channels=1 trains a one-channel model on them")
+    sentence = f"are converted to {mode} ({'; '.join(parts)})"
+    return sentence, [f"{i.path} ({i.mode})" for i in converted]
 
 
 def is_16_bit(img: Image.Image) -> bool:

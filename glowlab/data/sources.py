@@ -28,6 +28,7 @@ from glowlab.data.image_folder import (
     FileInfo,
     ImageFileDataset,
     UnsupportedModeError,
+    mode_conversion,
     scan_files,
     scan_image_folder,
 )
@@ -383,9 +384,15 @@ def load_image_folder(req: Request) -> RawData:
     """Every image below ``root`` (class = first-level subfolder); no official test split.
 
     Files PIL cannot decode are skipped with one warning; images smaller than ``image_size``
-    or not square, and 16-bit images (scaled to 8 bits, ``x >> 8``), are each counted in one
+    or not square, 16-bit images (scaled to 8 bits, ``x >> 8``) and images in another colour
+    mode (converted to ``L`` or ``RGB``, as ``glowlab-score`` does) are each counted in one
     warning; 32-bit integer or float images are refused (`UnsupportedModeError`).
     """
+    if req.root.exists() and not req.root.is_dir():
+        raise DatasetNotFoundError(
+            f"data.root={req.root} is a file, not a folder; set data.root=<folder of images> "
+            f"(e.g. data.root={req.root.parent})"
+        )
     if not req.root.is_dir():
         raise DatasetNotFoundError(
             f"image folder {req.root} does not exist; set data.root=<folder of images>"
@@ -414,7 +421,8 @@ def load_image_folder(req: Request) -> RawData:
 
 def _check_folder_images(infos: Sequence[FileInfo], req: Request) -> None:
     """Refuse modes with no exact map to 8 bits; warn about images that get upscaled,
-    center-cropped or scaled from 16 bits, with their count."""
+    center-cropped, scaled from 16 bits or converted to another colour mode, with their
+    count."""
     side = req.image_size
     refused = [info for info in infos if not info.exact]
     if refused:
@@ -443,6 +451,8 @@ def _check_folder_images(infos: Sequence[FileInfo], req: Request) -> None:
         f"exactly to the model's bits (x >> (16 - n_bits))",
         [str(i.path) for i in deep],
     )
+    converted, names = mode_conversion(infos, "L" if req.channels == 1 else "RGB")
+    _warn_files(f"{{n}} of {total} images under {req.root} {converted}", names)
 
 
 def _warn_files(message: str, names: Sequence[object]) -> None:

@@ -32,12 +32,17 @@ _MODES = {1: "L", 3: "RGB"}
 
 
 def image_files(path: str | Path, option: str = "inputs") -> list[Path]:
-    """``path`` itself if it is a file, else the image files below the folder (sorted)."""
+    """``path`` itself if it is a file, else the image files below the folder (recursive,
+    sorted). For ``glowlab-score``'s ``inputs``/``reference`` (``option``), which take a split
+    too."""
     path = Path(path).expanduser()
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise FileNotFoundError(f"{option}={path} is neither an image file nor a folder")
+        raise FileNotFoundError(
+            f"{option}={path} does not exist; pass an image file, a folder of images or a "
+            "split (train, val, test)"
+        )
     files = scan_image_folder(path)[0]
     if not files:
         raise FileNotFoundError(
@@ -65,6 +70,8 @@ def read_images(
     mode, images = _MODES[channels], []
     notes: dict[str, list[str]] = {"converted": [], "resized": [], "upscaled": [], "16-bit": []}
     for path in map(Path, paths):
+        if path.is_dir():
+            raise ValueError(_folder_message(path))
         if not path.is_file():
             raise FileNotFoundError(f"image file {path} does not exist")
         try:
@@ -82,6 +89,13 @@ def read_images(
     _warn(notes["16-bit"], f"16-bit, scaled exactly to {n_bits} bits (x >> {16 - n_bits})")
     x = torch.stack(images).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
     return x >> (8 - n_bits)
+
+
+def _folder_message(path: Path) -> str:
+    """Why folder ``path`` is not an image file, with the first image inside as the fix."""
+    inside = scan_image_folder(path)[0]
+    hint = f"e.g. {inside[0]}" if inside else "it holds no image files"
+    return f"{path} is a folder, not an image file; pass one image file ({hint})"
 
 
 def _pixels(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises ``FileNotFoundError`` / ``ValueError`` that say what was wrong and what to pass.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(_folder_message(path))
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint {path} does not exist; pass the path of a glowlab checkpoint, "
@@ -44,6 +47,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "pass a .ckpt written by glowlab-train"
         )
     return checkpoint
+
+
+def _folder_message(folder: Path) -> str:
+    """Why ``folder`` is not a checkpoint, naming one inside it to pass instead (``last.ckpt``
+    first, the shallowest first)."""
+    found = sorted(
+        itertools.islice(folder.rglob("*.ckpt"), 10_000),
+        key=lambda p: (p.name != "last.ckpt", len(p.parts), str(p)),
+    )
+    hint = f"e.g. {found[0]}" if found else "it holds no .ckpt file"
+    return f"checkpoint {folder} is a folder, not a file; pass the .ckpt file ({hint})"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -125,6 +139,52 @@ def check_config_unchanged(
         f"cannot {what}: the config differs from the checkpoint's in {listed}. Drop those "
         f"overrides, or accept the change with allow_config_change=[{','.join(diffs)}]"
     )
+
+
+def check_weights_fit(checkpoint: dict[str, Any], model: torch.nn.Module, what: str) -> None:
+    """Refuse (one ``ValueError``) when the checkpoint's ``model.*`` weights do not fit
+    ``model``: names missing or extra, or other shapes (an architecture change)."""
+    saved = {
+        key.removeprefix("model."): value
+        for key, value in checkpoint.get("state_dict", {}).items()
+        if key.startswith("model.")
+    }
+    wanted = model.state_dict()
+    missing = [k for k in wanted if k not in saved]
+    extra = [k for k in saved if k not in wanted]
+    reshaped = [
+        f"{k} {tuple(saved[k].shape)} -> {tuple(v.shape)}"
+        for k, v in wanted.items()
+        if k in saved and tuple(saved[k].shape) != tuple(v.shape)
+    ]
+    if not (missing or extra or reshaped):
+        return
+    parts = [
+        f"{len(names)} {kind} (e.g. {names[0]})"
+        for kind, names in (
+            ("missing", missing),
+            ("not in this model", extra),
+            ("of another shape", reshaped),
+        )
+        if names
+    ]
+    raise ValueError(
+        f"cannot {what}: its weights do not fit this model ({'; '.join(parts)}), so the "
+        "architecture changed; allow_config_change only accepts changes that keep every "
+        "weight's shape. Train the new model from scratch, or drop the model overrides"
+    )
+
+
+def load_weights(path: str | Path, model: torch.nn.Module) -> int:
+    """Load the ``model.*`` weights of the checkpoint at ``path`` into ``model`` (the EMA
+    average where the run kept one) after :func:`check_weights_fit`; returns its step."""
+    checkpoint = load_checkpoint(path)
+    check_weights_fit(checkpoint, model, f"start from the weights of {path}")
+    prefix = "model."
+    model.load_state_dict(
+        {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    )
+    return int(checkpoint.get("global_step", 0))
 
 
 def checkpoint_step(path: str | Path) -> int | None:
