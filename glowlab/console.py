@@ -2,8 +2,8 @@
 
 - `quiet_third_party` drops a short list of third-party lines nobody asked for (Lightning's
   device-availability lines, its litlogger tip, "Seed set to", a ``torch`` ``_pytree``
-  deprecation raised inside Lightning), each matched by its logger or warning text, so every
-  other warning still shows;
+  deprecation raised inside Lightning, the checkpoint dir change of a resume into a new run
+  dir), each matched by its logger or warning text, so every other warning still shows;
 - warnings print on one line (no echoed source line);
 - `say` prints a line once on the console and also logs it to the run's log file (Hydra's
   ``<job>.log``), through `FILE_ONLY` and the `ConsoleFilter` of ``conf/hydra/job_logging``;
@@ -40,6 +40,8 @@ NOISY_WARNINGS = (
     # conf/hydra/launcher/joblib.yaml sets the options of the joblib plugin's schema of the
     # same name on purpose (so that `hydra/launcher=joblib` keeps its name).
     (UserWarning, r"\s*'hydra/launcher/joblib' is validated against ConfigStore schema"),
+    # A resume writes into a new run dir by design: its best checkpoint is chosen among its own.
+    (UserWarning, r"The dirpath has changed from .* therefore `best_model_score`"),
 )
 GLOWLAB_DIR = Path(__file__).resolve().parent
 

@@ -20,12 +20,19 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from omegaconf import DictConfig, OmegaConf
 
 HIDDEN_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+SECOND_GUESS = 0.75
+"""A second suggestion is shown only this similar (``model`` and ``module`` for ``modle``)."""
+
+
+def _similarity(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, a, b).ratio()
 
 
 def did_you_mean(name: str, options: Sequence[str], prefix: str = "") -> str:
     """``did you mean <prefix>a or <prefix>b? (options: a, b, c)`` with the options nearest to
     ``name`` by ``difflib``, or ``options: a, b, c`` when none is near."""
     near = difflib.get_close_matches(name, list(options), n=2, cutoff=0.6)
+    near = near[:1] + [n for n in near[1:] if _similarity(name, n) >= SECOND_GUESS]
     listing = f"options: {', '.join(options)}"
     if not near:
         return listing
@@ -59,7 +66,7 @@ def _missing_key(config_name: str, overrides: Sequence[str], key: str) -> str:
     if cfg is None:
         return f"{key} is not an option of this config"
     if not parent:
-        groups = GlobalHydra.instance().config_loader().list_groups("")
+        groups = [g for g in cfg.hydra.runtime.choices if "/" not in g and g != "hydra"]
         options = sorted({*_node_options(cfg), *groups} - {"hydra"})
         return f"{key} is not an option of {config_name}; {did_you_mean(name, options)}"
     node = OmegaConf.select(cfg, parent, throw_on_missing=False)

@@ -21,12 +21,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from glowlab.cli import run_cli
+from glowlab.cli import hydra_app, run_cli
 from glowlab.data import ImageDataModule
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.tools.cli import check_ckpt, check_device, check_int, output_dir, write_json
@@ -39,7 +38,6 @@ from glowlab.tools.likelihood import (
 from glowlab.tools.loading import build_datamodule, load_flow, model_labels, split_loader
 from glowlab.tools.plots import histogram
 from glowlab.tools.progress import track
-from glowlab.train import CONFIG_DIR
 
 log = logging.getLogger("glowlab.eval")
 
@@ -187,7 +185,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+@hydra_app("glowlab-eval", "eval")
 def main(cfg: DictConfig) -> dict[str, Any]:
     return run_cli("glowlab-eval", run, cfg)
 

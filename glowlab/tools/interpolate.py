@@ -17,7 +17,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from PIL import Image
@@ -25,7 +24,7 @@ from torch import Tensor
 from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import save_image
 
-from glowlab.cli import run_cli
+from glowlab.cli import hydra_app, run_cli
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.tools.cli import check_ckpt, check_device, output_dir, write_json
 from glowlab.tools.images import read_images
@@ -38,7 +37,6 @@ from glowlab.tools.loading import (
     split_dataset,
 )
 from glowlab.tools.sample import sample_labels
-from glowlab.train import CONFIG_DIR
 from glowlab.training.callbacks import image_grid
 from glowlab.validation import choose
 
@@ -160,7 +158,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="interpolate")
+@hydra_app("glowlab-interpolate", "interpolate")
 def main(cfg: DictConfig) -> dict[str, Any]:
     return run_cli("glowlab-interpolate", run, cfg)
 

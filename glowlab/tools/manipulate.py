@@ -17,12 +17,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from glowlab.cli import run_cli
+from glowlab.cli import hydra_app, run_cli
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.tools.cli import as_list, check_ckpt, check_device, check_int, output_dir, write_json
 from glowlab.tools.loading import (
@@ -35,7 +34,6 @@ from glowlab.tools.loading import (
 )
 from glowlab.tools.plots import labelled_grid
 from glowlab.tools.progress import track
-from glowlab.train import CONFIG_DIR
 
 
 @torch.no_grad()
@@ -139,7 +137,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="manipulate")
+@hydra_app("glowlab-manipulate", "manipulate")
 def main(cfg: DictConfig) -> dict[str, Any]:
     return run_cli("glowlab-manipulate", run, cfg)
 

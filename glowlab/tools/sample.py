@@ -18,21 +18,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
 from torchvision.utils import save_image
 
 from glowlab.bijections.tarflow import INVERSIONS, configure_sampling, tarflow_blocks
-from glowlab.cli import run_cli
+from glowlab.cli import hydra_app, run_cli
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.sampling import check_guidance
 from glowlab.tools.cli import as_list, check_ckpt, check_device, check_int, output_dir, write_json
 from glowlab.tools.loading import load_flow
 from glowlab.tools.plots import labelled_grid
 from glowlab.tools.progress import track
-from glowlab.train import CONFIG_DIR
 from glowlab.training.callbacks import image_grid
 from glowlab.validation import choose
 
@@ -184,7 +182,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sample")
+@hydra_app("glowlab-sample", "sample")
 def main(cfg: DictConfig) -> dict[str, Any]:
     return run_cli("glowlab-sample", run, cfg)
 

@@ -25,12 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from glowlab.cli import run_cli
+from glowlab.cli import hydra_app, run_cli
 from glowlab.data import ImageDataModule
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.tools.cli import check_ckpt, check_device, check_int, output_dir, write_json
@@ -39,7 +38,6 @@ from glowlab.tools.likelihood import per_image_bpd
 from glowlab.tools.loading import SPLITS, build_datamodule, file_labels, load_flow, split_loader
 from glowlab.tools.metrics import auroc
 from glowlab.tools.plots import histogram
-from glowlab.train import CONFIG_DIR
 
 
 def typicality(bpd: Tensor, train_mean_bpd: float) -> Tensor:
@@ -171,7 +169,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="score")
+@hydra_app("glowlab-score", "score")
 def main(cfg: DictConfig) -> dict[str, Any]:
     return run_cli("glowlab-score", run, cfg)
 
