@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -31,7 +32,13 @@ from glowlab.console import say
 from glowlab.migration import check_model_config, check_resumable
 from glowlab.outputs import OutputWriteError, write_text
 from glowlab.training.callbacks import SampleGrid, StopOnSignal, TrainingInterrupted
-from glowlab.training.checkpoints import check_config_unchanged, checkpoint_step, load_checkpoint
+from glowlab.training.checkpoints import (
+    check_config_unchanged,
+    check_weights_fit,
+    checkpoint_step,
+    load_checkpoint,
+    load_weights,
+)
 from glowlab.training.run import RunObjects, build_run, metric_key, slurm_requeued
 
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
@@ -68,14 +75,28 @@ def resume_path(cfg: DictConfig) -> str | None:
     return str(last) if step is not None and step >= max(hpc, default=-1) else None
 
 
-def check_resume(cfg: DictConfig, ckpt_path: str) -> None:
+def check_resume(cfg: DictConfig, ckpt_path: str, model: torch.nn.Module) -> None:
     """Clear errors before Lightning's: a readable glowlab checkpoint whose model and data
-    config match this run's (except ``allow_config_change`` keys)."""
+    config match this run's (except ``allow_config_change`` keys) and whose weights fit
+    ``model`` (an allowed change must not change the architecture)."""
     checkpoint = load_checkpoint(ckpt_path)
     check_resumable(checkpoint, ckpt_path)
     current = OmegaConf.to_container(cfg, resolve=True)
     allowed = list(cfg.get("allow_config_change") or [])
     check_config_unchanged(checkpoint, current, allowed, what=f"resume from {ckpt_path}")
+    check_weights_fit(checkpoint, model, f"resume from {ckpt_path}")
+
+
+def start_from_weights(cfg: DictConfig, model: torch.nn.Module) -> None:
+    """``init_weights=<ckpt>``: fine-tune from a checkpoint's weights (the EMA average where it
+    kept one) with this run's new optimizer, schedule and step count."""
+    if cfg.ckpt_path is not None:
+        raise ValueError(
+            "pass ckpt_path=<ckpt> to resume a run, or init_weights=<ckpt> to start a new run "
+            "from its weights, not both"
+        )
+    step = load_weights(cfg.init_weights, model)
+    log.info("starting from the weights of %s (step %d)", cfg.init_weights, step)
 
 
 def resume_command(cfg: DictConfig, ckpt_path: str) -> str:
@@ -148,7 +169,9 @@ def fit_and_test(cfg: DictConfig, run: RunObjects) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     ckpt_path = resume_path(cfg)
     if ckpt_path is not None:
-        check_resume(cfg, ckpt_path)
+        check_resume(cfg, ckpt_path, run.model)
+    if cfg.get("init_weights") is not None:
+        start_from_weights(cfg, run.model)
     if cfg.train:
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import glowlab.outputs as outputs
 import glowlab.training.checkpoints as checkpoints
 from glowlab.cli import user_error
-from glowlab.train import fit_and_test, train
 from glowlab.outputs import OutputWriteError
+from glowlab.train import fit_and_test, train
 from glowlab.training.checkpoints import load_checkpoint
 from glowlab.training.run import build_run
 from tests.conftest import compose_run
@@ -244,3 +245,47 @@ def test_sigterm_in_a_real_process_saves_and_prints_the_resume_command(tmp_path:
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     [metrics] = tmp_path.glob("logs/train/runs/*/metrics.json")  # the resumed run's own dir
     assert json.loads(metrics.read_text())["steps"] == 120
+
+
+def test_allowed_architecture_change_is_one_line_not_a_load_traceback(
+    tiny_ckpt: Path, tmp_path: Path
+) -> None:
+    """allow_config_change over a change of depth or width: refused before Lightning loads
+    anything, naming what does not fit; no 'Missing key(s)' / 'size mismatch' traceback."""
+    for change, kind in (
+        ("model.depth=2", "missing"),
+        ("model.conditioner.hidden=12", "of another shape"),
+    ):
+        key = change.split("=")[0]
+        overrides = [*TINY, change, f"allow_config_change=[{key}]", f"ckpt_path={tiny_ckpt}"]
+        with pytest.raises(ValueError, match="weights do not fit this model") as refused:
+            train(compose_run(tmp_path / key, overrides))
+        assert kind in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_init_weights_fine_tunes_with_a_new_optimizer(tiny_ckpt: Path, tmp_path: Path) -> None:
+    """init_weights=<ckpt>: a new run from those weights (step 0, a new schedule); with
+    ckpt_path too it is refused; a model whose shapes differ is refused in one line."""
+    captured = {}
+
+    class _FirstWeights(L.Callback):
+        def on_train_start(self, trainer, pl_module) -> None:
+            captured.update({k: v.clone() for k, v in pl_module.model.state_dict().items()})
+
+    cfg = compose_run(tmp_path / "tuned", [*TINY, f"init_weights={tiny_ckpt}", "logger=csv"])
+    run = build_run(cfg)
+    run.trainer.callbacks.insert(0, _FirstWeights())
+    metrics = fit_and_test(cfg, run)
+    saved = load_checkpoint(tiny_ckpt)["state_dict"]
+    assert all(torch.equal(saved[f"model.{k}"], v) for k, v in captured.items())
+    assert metrics["steps"] == 4  # its own 4 steps, not 4 more after the checkpoint's
+    with pytest.raises(ValueError, match="not both"):
+        train(
+            compose_run(
+                tmp_path / "both", [*TINY, f"init_weights={tiny_ckpt}", f"ckpt_path={tiny_ckpt}"]
+            )
+        )
+    with pytest.raises(ValueError, match="start from the weights of .* do not fit"):
+        train(
+            compose_run(tmp_path / "deeper", [*TINY, "model.depth=2", f"init_weights={tiny_ckpt}"])
+        )
