@@ -16,8 +16,11 @@ last, so a partial or stale conversion is detected and redone like a partial cac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import multiprocessing
+import random
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -42,6 +45,9 @@ from glowlab.data.sources import RawData
 REMOTE_PREFIXES = ("s3://", "gs://", "gcs://", "azure://", "hf://", "r2://")
 CHUNK_BYTES = "64MB"
 BLOCK = 4096  # items per optimize input (one call of the item function)
+# optimize's workers only read memory maps and write files (no CUDA, no torch), so they fork:
+# seconds faster per call than spawning fresh interpreters (litdata's default)
+START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
 
 
 def is_remote(location: str | Path) -> bool:
@@ -61,6 +67,23 @@ class _CacheItems:
         labels = np.load(self.labels, mmap_mode="r")
         for i in range(*block):
             yield {"index": i, "image": np.array(images[i]), "label": int(labels[i])}
+
+
+@contextlib.contextmanager
+def _random_state_kept() -> Iterator[None]:
+    """Restore the global random generators (Python, NumPy, torch CPU and initialised CUDA)
+    after the block: ``litdata.optimize`` seeds them in the calling process, which would
+    change a training run's initialisation and flips depending on whether it converted."""
+    python, numpy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 def _quiet_litdata() -> None:
@@ -98,7 +121,7 @@ def write_litdata(
         n = info.manifest["arrays"][f"{split}_labels"]["shape"][0]
         blocks = [(start, min(start + BLOCK, n)) for start in range(0, n, BLOCK)]
         items = _CacheItems(info.path / f"{split}_images.npy", info.path / f"{split}_labels.npy")
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _random_state_kept():
             warnings.filterwarnings("ignore", module="litdata")
             litdata.optimize(
                 fn=items,
@@ -110,6 +133,7 @@ def write_litdata(
                 reorder_files=False,
                 mode="overwrite",
                 verbose=False,
+                start_method=START_METHOD,
             )
     if not remote:
         manifest = {"cache": info.manifest, "chunk_bytes": CHUNK_BYTES, "splits": info.splits}
