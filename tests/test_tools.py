@@ -230,7 +230,7 @@ def test_read_images_errors_name_the_file_or_folder(tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"cannot read image file .*bad\.png"):
         read_images([tmp_path / "bad.png"], (1, 8, 8))
-    with pytest.raises(FileNotFoundError, match="neither an image file nor a folder"):
+    with pytest.raises(FileNotFoundError, match="inputs=.*missing does not exist"):
         image_files(tmp_path / "missing")
 
 
