@@ -123,8 +123,12 @@ def test_bad_input_is_one_clear_line_not_a_trace(tmp_path: Path) -> None:
             "apt-get install dataset-fashion-mnist",
         ),
         (["data.n_bits=0"], ValueError, "n_bits"),
-        (["data.batch_size=-4"], ValueError, "data.batch_size=-4 must be > 0"),
-        (["module.optimizer.lr=0"], ValueError, "module.optimizer.lr=0 must be > 0"),
+        (["data.batch_size=-4"], ValueError, "data.batch_size=-4 must be an integer >= 1"),
+        (
+            ["module.optimizer.lr=0"],
+            ValueError,
+            "module.optimizer.lr=0 must be a finite number > 0",
+        ),
         (
             ["data.image_size=12", "model.levels=3"],
             ValueError,

@@ -17,12 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from glowlab.data import ImageDataModule
 from glowlab.models.multiscale import MultiscaleFlow
+from glowlab.options import check_options
 from glowlab.outputs import check_writable
 from glowlab.training.callbacks import StopOnSignal
 from glowlab.training.checkpoints import AtomicCheckpointIO
 from glowlab.training.data_order import make_train_order_resumable
 from glowlab.training.module import FlowModule
-from glowlab.validation import check_positive
 
 log = logging.getLogger("glowlab.train")
 # Callbacks that need a logger; dropped (with a note) when the run has none.
@@ -41,15 +41,9 @@ class RunObjects:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Reject values that would fail late or silently, naming the config key."""
-    check_positive("data.batch_size", cfg.data.batch_size)
-    optimizer = cfg.module.optimizer
-    if "lr" in optimizer:
-        check_positive("module.optimizer.lr", optimizer.lr)
-    if cfg.trainer.get("max_steps", -1) == 0:
-        raise ValueError(
-            "trainer.max_steps=0 trains nothing; use -1 (no limit) or a positive value"
-        )
+    """Reject values that would fail late or silently, naming the config key: every number's
+    range (``glowlab.options``, also for ``train(cfg)`` called from Python), the bit depth."""
+    check_options(cfg)
     check_n_bits(cfg)
 
 
