@@ -291,3 +291,54 @@ def test_console_scripts_refuse_before_any_work(tmp_path: Path, script, args, ex
     lines = result.stderr.strip().splitlines()
     assert lines == [lines[0]] and lines[0].startswith(expected), result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+# ------------------------------------------------------------------- the Python API
+
+
+def _python_cases():
+    import torch
+
+    from glowlab import models
+    from glowlab.bijections.conditioners import GlowConditioner, ResNetConditioner
+    from glowlab.models.parts import PriorChoice
+    from glowlab.training.callbacks import ReconstructionMonitor, SampleGrid
+    from glowlab.training.schedules import warmup_cosine
+
+    shape = (1, 8, 8)
+
+    def sgd():
+        return torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+
+    return [
+        ("depth", lambda: models.glow(shape, levels=1, depth=-1)),
+        ("width", lambda: models.glow(shape, levels=1, depth=1, width=2.5)),
+        ("blocks", lambda: models.realnvp(shape, levels=1, depth=1, width=8, blocks=-1)),
+        ("hidden", lambda: GlowConditioner(2, 4, hidden=0)),
+        ("blocks", lambda: ResNetConditioner(2, 4, hidden=8, blocks=-1)),
+        ("layers", lambda: models.tarflow(shape, 2, blocks=1, layers=-1, width=8)),
+        (
+            "mlp_ratio",
+            lambda: models.tarflow(shape, 2, blocks=1, layers=1, width=8, mlp_ratio=2.5),
+        ),
+        ("guidance", lambda: models.tarflow(shape, 2, 1, 1, 8, guidance=float("nan"))),
+        ("block_depth", lambda: models.jet(shape, 2, couplings=1, block_depth=0, width=8)),
+        ("couplings", lambda: models.jet(shape, 2, couplings=2.5, width=8)),
+        ("kernel_size", lambda: models.maf(shape, levels=1, depth=1, width=8, kernel_size=3.0)),
+        ("time_scale", lambda: models.flow_matching(shape, width=8, time_scale=-1.0)),
+        ("channel_mults", lambda: models.flow_matching(shape, width=8, channel_mults=[1, 2.5])),
+        ("prior layers", lambda: PriorChoice("planar", 2.5)),
+        ("final_fraction", lambda: warmup_cosine(sgd(), 10, 2, float("nan"))),
+        ("n", lambda: SampleGrid("unused", n=0)),
+        ("sample temperature", lambda: SampleGrid("unused", temperatures=(float("inf"),))),
+        ("n", lambda: ReconstructionMonitor(n=0)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(_python_cases())))
+def test_the_python_api_refuses_the_same_numbers_in_one_line(index: int) -> None:
+    option, build = _python_cases()[index]
+    with pytest.raises(ValueError) as raised:
+        build()
+    message = str(raised.value)
+    assert message.startswith(f"{option}=") and "\n" not in message, message
