@@ -39,6 +39,7 @@ from glowlab.training.checkpoints import (
     load_checkpoint,
     load_weights,
 )
+from glowlab.training.module import NonFiniteLossError
 from glowlab.training.run import RunObjects, build_run, metric_key, slurm_requeued
 
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
@@ -101,8 +102,7 @@ def start_from_weights(cfg: DictConfig, model: torch.nn.Module) -> None:
 
 def resume_command(cfg: DictConfig, ckpt_path: str) -> str:
     """``glowlab-train <this run's overrides> ckpt_path=<abs path>``, shell-quoted."""
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    kept = [o for o in overrides if not o.lstrip("+~").startswith("ckpt_path=")]
+    kept = [o for o in _overrides() if not o.lstrip("+~").startswith("ckpt_path=")]
     args = [*kept, f"ckpt_path={Path(ckpt_path).resolve()}"]
     return " ".join(["glowlab-train", *(shlex.quote(a) for a in args)])
 
@@ -133,19 +133,41 @@ def stop_interrupted(cfg: DictConfig, stop: TrainingInterrupted) -> NoReturn:
     raise SystemExit(128 + stop.signum)
 
 
-def _nonfinite_message(cfg: DictConfig, step: int) -> str:
+def _nonfinite_message(cfg: DictConfig, error: NonFiniteLossError, first_step: int) -> str:
+    """What went NaN/Inf and when, where the last good weights are, and what to change: at the
+    run's first step (before any update) the model or data options, later the optimisation."""
     last = (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").resolve()
     saved = checkpoint_step(last) if last.is_file() else None
+    model = [o for o in _overrides() if o.lstrip("+~").startswith(("model.", "model/"))]
+    if error.step == first_step:
+        changed = model
+        suspects = f"the options you changed: {' '.join(changed)}" if changed else "the model"
+        return (
+            f"the {error.what} is NaN/Inf at the first step ({error.step}), before any update, so "
+            f"the model gives non-finite values for this data (not a learning-rate problem); "
+            f"check {suspects}"
+        )
     where, then = (
         (f"The last good weights are in {last} (step {saved})", f"resume with ckpt_path={last}")
         if saved is not None
         else ("No checkpoint was written before that step", "start again")
     )
+    changed = model + [
+        o
+        for o in _overrides()
+        if o.lstrip("+~").startswith(("module.optimizer.", "module.scheduler."))
+        and not o.lstrip("+~").startswith("module.optimizer.lr=")
+    ]
+    also = f" (or revisit {' '.join(changed)})" if changed else ""
     return (
-        f"the loss became NaN/Inf at step {step}; training stopped before that update. {where}. "
-        "Lower module.optimizer.lr, raise module.scheduler.warmup_steps, or lower "
-        f"trainer.gradient_clip_val, then {then}"
+        f"the {error.what} became NaN/Inf at step {error.step}: training diverged and stopped "
+        f"before that update. {where}. Lower module.optimizer.lr, raise "
+        f"module.scheduler.warmup_steps, or lower trainer.gradient_clip_val{also}, then {then}"
     )
+
+
+def _overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def _write_failed_message(cfg: DictConfig, error: OutputWriteError) -> str:
@@ -182,8 +204,9 @@ def fit_and_test(cfg: DictConfig, run: RunObjects) -> dict[str, Any]:
             stop_interrupted(cfg, stop)
         except OutputWriteError as error:
             raise OutputWriteError(error.errno, _write_failed_message(cfg, error)) from None
-        if module.nonfinite_step is not None:
-            raise FloatingPointError(_nonfinite_message(cfg, module.nonfinite_step))
+        except NonFiniteLossError as error:
+            first = module.resumed_step or 0
+            raise FloatingPointError(_nonfinite_message(cfg, error, first)) from None
         for key in ("val/bpd", "train/bpd"):
             key = metric_key(key, run.model.metric_name)
             metrics[key] = _metric(trainer, key)
@@ -204,7 +227,7 @@ def fit_and_test(cfg: DictConfig, run: RunObjects) -> dict[str, Any]:
         best_checkpoint=_best_checkpoint(trainer),
         sample_grid=_sample_grid_path(trainer),
         ranks_agree=module.ranks_agree,
-        overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        overrides=_overrides(),
     )
     return metrics
 

@@ -289,3 +289,46 @@ def test_init_weights_fine_tunes_with_a_new_optimizer(tiny_ckpt: Path, tmp_path:
         train(
             compose_run(tmp_path / "deeper", [*TINY, "model.depth=2", f"init_weights={tiny_ckpt}"])
         )
+
+
+class _NanGradientFrom(L.Callback):
+    """From ``step`` on, one parameter's gradient is NaN while the loss stays finite."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            next(pl_module.model.parameters()).register_hook(lambda g: g * float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "extra", "expected"),
+    [
+        # a huge LR: the loss goes non-finite in the epoch's last batch, where validation (and
+        # inverting a singular 1×1 weight) used to follow and crash
+        (["module.optimizer.lr=1e5"], None, r"loss became NaN/Inf at step \d: training diverged"),
+        ([], _NanGradientFrom(2), r"gradient became NaN/Inf at step 2: training diverged"),
+        (
+            ["model.transform.bound=1e30", "model/transform=spline"],
+            None,
+            r"NaN/Inf at the first step \(0\), before any update.*not a learning-rate problem\); "
+            r"check the options you changed: .*model.transform.bound=1e30 model/transform=spline",
+        ),
+    ],
+    ids=["huge-lr", "nan-gradient", "model-option-at-step-0"],
+)
+def test_nonfinite_training_is_one_line_that_names_the_cause(
+    tmp_path: Path, overrides, extra, expected
+) -> None:
+    cfg = compose_run(tmp_path, [*TINY, "logger=csv", *overrides])
+    run = build_run(cfg)
+    if extra is not None:
+        run.trainer.callbacks.insert(0, extra)
+    with pytest.raises(FloatingPointError, match=expected) as raised:
+        fit_and_test(cfg, run)
+    assert "\n" not in str(raised.value)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    if last.exists():
+        state = load_checkpoint(last)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())

@@ -26,7 +26,13 @@ RESUME_SCHEDULES = ("keep", "rebuild")
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/Inf loss; the parameters were left at their last finite state."""
+    """Training produced a NaN/Inf loss or gradient at ``step``; the update was not taken, so
+    the parameters are those of the last finite step. ``what`` is ``"loss"`` or
+    ``"gradient"``."""
+
+    def __init__(self, step: int, what: str) -> None:
+        super().__init__(f"the {what} became NaN/Inf at step {step}")
+        self.step, self.what = step, what
 
 
 class FlowModule(L.LightningModule):
@@ -188,18 +194,30 @@ class FlowModule(L.LightningModule):
     def _labels(self, y: Tensor) -> Tensor | None:
         return y if self.model.num_classes else None
 
-    def training_step(self, batch, batch_idx: int) -> Tensor | None:
+    def training_step(self, batch, batch_idx: int) -> Tensor:
         x, y = batch
         objective = self.model.objective(x, self._labels(y))
         loss = objective.loss
-        finite = torch.isfinite(loss).all()
-        if not self.trainer.strategy.reduce_boolean_decision(bool(finite), all=True):
-            self.nonfinite_step = self.global_step
-            self.trainer.should_stop = True
-            return None  # skip the update: the parameters stay finite
+        self._stop_unless_finite(torch.isfinite(loss).all(), "loss")
         for name, value in objective.logs.items():
             self.log(f"train/{name}", value, prog_bar=name == self.model.metric_name)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """A finite loss can still have a NaN/Inf gradient: stop before it reaches the weights
+        (clipping cannot help: the gradient's norm is NaN/Inf too)."""
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+        norms = torch._foreach_norm([g for g in grads if g is not None])
+        finite = torch.stack(norms).isfinite().all() if norms else torch.tensor(True)
+        self._stop_unless_finite(finite, "gradient")
+
+    def _stop_unless_finite(self, finite: Tensor, what: str) -> None:
+        """Raise :class:`NonFiniteLossError` on every rank when ``finite`` is False on any: no
+        update, validation or checkpoint follows, so the last checkpoint keeps finite weights
+        (validating non-finite weights would fail, e.g. inverting a singular 1×1 weight)."""
+        if not self.trainer.strategy.reduce_boolean_decision(bool(finite), all=True):
+            self.nonfinite_step = self.global_step
+            raise NonFiniteLossError(self.global_step, what)
 
     def _eval_step(self, stage: str, batch, batch_idx: int) -> None:
         x = batch[0]
