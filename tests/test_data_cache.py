@@ -171,8 +171,9 @@ def test_changed_source_files_make_the_cache_stale(tmp_path: Path) -> None:
     assert np.array_equal(new[:, 0], 255 - arrays["train_images"]) and not np.array_equal(old, new)
 
 
-def test_a_stale_cache_that_cannot_be_rewritten_is_refused_in_one_line(tmp_path: Path) -> None:
-    """The cache folder cannot be created (its parent is a file; chmod does not stop root)."""
+def test_a_cache_that_cannot_be_written_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A cache is needed but its folder cannot be created (below a file: chmod would not stop
+    root); a stale cache there takes the same path (`build_once` checks before rewriting)."""
     root = tmp_path / "data"
     make_idx_set(root, n_train=60, n_test=10)
     (tmp_path / "afile").write_text("")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -145,7 +146,7 @@ class ImageDataModule(L.LightningDataModule):
             if self.download:
                 self.source.load(self.request())
         elif not self._remote():
-            self._open(build=True)
+            self._ready(build=True)
 
     def setup(self, stage: str | None = None) -> None:
         """Load the data and build all three splits (once; later calls do nothing)."""
@@ -198,29 +199,35 @@ class ImageDataModule(L.LightningDataModule):
     def _remote(self) -> bool:
         return self.format == "litdata" and streaming.is_remote(self.stream_dir or "")
 
-    def _open(self, build: bool) -> RawData:
-        """The pool and test split in the chosen format; a missing cache or conversion is
-        written here if ``build``, else waited for (another rank writes it)."""
+    def _ready(self, build: bool) -> tuple[cache.CacheInfo, Path | None]:
+        """The complete prepared cache and, for ``litdata``, the local chunks folder: written
+        here if ``build``, else waited for (local rank 0 writes them)."""
         req = self.request()
-        if self.format == "raw":
-            return self.source.load(req)
-        if self._remote():
-            key = cache.cache_path(self.cache_dir, self.name, req).name
-            download = self.cache_dir / "litdata-downloads" / key
-            return streaming.open_litdata(
-                self.stream_dir, self._shape, self.source.num_classes, download
-            )
         if build:
             info = cache.prepare(self.name, req, self.cache_dir, log.info)
         else:
             info = cache.wait_for(self.name, req, self.cache_dir)
-        if self.format == "memmap":
-            return cache.open_cache(info)
-        location = self.litdata_location(info)
+        if self.format != "litdata":
+            return info, None
+        location = Path(self.litdata_location(info))
         if build:
             streaming.prepare_litdata(info, location, max(self.num_workers, 1), log.info)
         else:
             streaming.wait_for_litdata(info, location)
+        return info, location
+
+    def _open(self, build: bool) -> RawData:
+        """The pool and test split in the chosen format (`_ready` for the prepared ones)."""
+        if self.format == "raw":
+            return self.source.load(self.request())
+        if self._remote():
+            url = self.stream_dir.rstrip("/")
+            key = hashlib.sha256(url.encode()).hexdigest()[:12]
+            download = self.cache_dir / "litdata-downloads" / f"{self.name}-{key}"
+            return streaming.open_litdata(url, self._shape, self.source.num_classes, download)
+        info, location = self._ready(build)
+        if location is None:
+            return cache.open_cache(info)
         return streaming.open_litdata(location, self._shape, info.num_classes, location)
 
     def litdata_location(self, info: cache.CacheInfo) -> Path | str:
