@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any
 
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 from torchvision.transforms.functional import to_pil_image
 
 REASONS = {
@@ -26,6 +29,7 @@ REASONS = {
     errno.EACCES: "permission denied",
     errno.EPERM: "permission denied",
     errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EEXIST: "a part of the path is a file, not a folder",
 }
 
 
@@ -114,3 +118,27 @@ def _fsync_dir(directory: Path) -> None:
     with suppress(OSError):
         os.fsync(fd)
     os.close(fd)
+
+
+class WritableRunDir(Callback):
+    """A Hydra callback: before Hydra creates the run (or sweep) directory and writes its
+    ``.hydra/`` config files there, check that the place is writable; if not, one line
+    ``glowlab-<app>: error: ...`` and exit status 1 (instead of Hydra's traceback)."""
+
+    def on_run_start(self, config: DictConfig, config_name: str | None = None, **_: Any) -> None:
+        self._check(config, "hydra.run.dir", config_name)
+
+    def on_multirun_start(
+        self, config: DictConfig, config_name: str | None = None, **_: Any
+    ) -> None:
+        self._check(config, "hydra.sweep.dir", config_name)
+
+    @staticmethod
+    def _check(config: DictConfig, key: str, config_name: str | None) -> None:
+        try:
+            check_writable(
+                [str(OmegaConf.select(config, key))],
+                f"pick a writable place with {key}=<dir> or paths.root_dir=<dir>",
+            )
+        except OutputWriteError as error:
+            sys.exit(f"glowlab-{config_name or 'train'}: error: {error}")

@@ -1,0 +1,84 @@
+"""The one write guard (glowlab/outputs.py): atomic writes, one-line failures, and the run
+directory checked before Hydra writes into it."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.utils import save_image as torchvision_save_image
+
+import glowlab.outputs as outputs
+from glowlab.cli import user_error
+
+
+def _enospc(fd: int) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_failed_write_keeps_the_old_file_and_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = outputs.write_text(tmp_path / "metrics.json", "old\n", what="metrics")
+    monkeypatch.setattr(outputs.os, "fsync", _enospc)
+    with pytest.raises(outputs.OutputWriteError) as raised:
+        outputs.write_text(target, "new\n", what="metrics")
+    monkeypatch.undo()
+    assert str(raised.value) == (
+        f"could not write metrics {target} (the disk is full); "
+        "free space or fix permissions, or write elsewhere"
+    )
+    assert user_error(raised.value) is raised.value  # the apps print it as one error line
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_a_folder_in_place_of_a_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(outputs.OutputWriteError, match="a part of the path is a file"):
+        outputs.write_text(tmp_path / "plain" / "out.json", "{}")
+
+
+def test_saved_images_equal_torchvision_s(tmp_path: Path) -> None:
+    grid = torch.rand(3, 10, 12, generator=torch.Generator().manual_seed(0))
+    outputs.save_image(grid, tmp_path / "ours.png")
+    torchvision_save_image(grid, tmp_path / "theirs.png")
+    ours, theirs = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("ours", "theirs"))
+    assert np.array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize(
+    ("app", "args"),
+    [
+        ("glowlab.train", ["trainer.max_steps=1"]),
+        ("glowlab.train", ["-m", "trainer.max_steps=1"]),
+        ("glowlab.tools.sample", ["ckpt=/nonexistent.ckpt"]),
+    ],
+    ids=["train", "train-sweep", "sample"],
+)
+def test_an_unwritable_run_dir_is_one_line_before_hydra_writes(
+    tmp_path: Path, app: str, args: list[str]
+) -> None:
+    """The run (or sweep) dir lies below a file: one line naming the dir and the option,
+    exit status 1, no traceback, nothing created."""
+    blocker = tmp_path / "plain"
+    blocker.write_text("x")
+    key = "hydra.sweep.dir" if "-m" in args else "hydra.run.dir"
+    result = subprocess.run(
+        [sys.executable, "-m", app, *args, f"{key}={blocker / 'run'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"output directory {blocker / 'run'} is not writable" in lines[0]
+    assert f"{key}=<dir>" in lines[0]
