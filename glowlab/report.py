@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from glowlab.outputs import write_text
 from glowlab.sweeps import FAILED, job_statuses
 
 COLUMNS = ("run", "overrides", "val/bpd", "test/bpd", "steps", "wall_time_s", "parameters")
@@ -129,8 +130,8 @@ def main(argv: list[str] | None = None) -> None:
             "point it at a glowlab-train run or multirun directory"
         )
     table = markdown(rows, others)
-    (args.directory / "report.md").write_text(table)
-    (args.directory / "report.csv").write_text(to_csv(rows, others))
+    write_text(args.directory / "report.md", table, what="report")
+    write_text(args.directory / "report.csv", to_csv(rows, others), what="report")
     print(table, end="")
     print(f"\nwrote {args.directory / 'report.md'} and {args.directory / 'report.csv'}")
 

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from glowlab.outputs import write_text
 
 FAILED = "failed.json"
 """A failed job's record in its dir: ``{"job", "overrides", "error", "stage"}``."""
@@ -49,12 +50,9 @@ def _label(number: Any, overrides: Sequence[str], swept: set[str] | None = None)
 
 
 def write_failure(job_dir: Path, number: Any, overrides: Sequence[str], error: str, stage: str):
-    """Write ``failed.json`` in ``job_dir`` (atomically: a temporary file, then renamed)."""
-    job_dir.mkdir(parents=True, exist_ok=True)
+    """Write ``failed.json`` in ``job_dir`` (atomically, through ``glowlab.outputs``)."""
     record = {"job": number, "overrides": list(overrides), "error": error, "stage": stage}
-    temporary = job_dir / f".{FAILED}.tmp"
-    temporary.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(temporary, job_dir / FAILED)
+    write_text(job_dir / FAILED, json.dumps(record, indent=2) + "\n", what="job record")
 
 
 def failure_line(prog: str, label: str, job_dir: Path, error: str) -> str:

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig
 
+from glowlab.outputs import write_text
+
 log = logging.getLogger("glowlab.tools")
 
 
@@ -26,7 +28,7 @@ def as_list(value: Any) -> list:
 
 
 def write_json(path: Path, summary: dict[str, Any]) -> None:
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(path, json.dumps(summary, indent=2) + "\n", what="summary")
 
 
 def check_int(option: str, value: Any, low: int, optional: bool = False) -> None:

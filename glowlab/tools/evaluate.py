@@ -14,6 +14,7 @@ importance-weighted bound over the same ``samples`` draws.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import time
@@ -28,6 +29,7 @@ from torch import Tensor
 from glowlab.cli import hydra_app, run_cli
 from glowlab.data import ImageDataModule
 from glowlab.models.multiscale import MultiscaleFlow
+from glowlab.outputs import save_image, write_text
 from glowlab.tools.cli import check_ckpt, check_device, check_int, output_dir, write_json
 from glowlab.tools.likelihood import (
     IMPORTANCE_WEIGHTED,
@@ -137,13 +139,14 @@ def write_per_image_csv(
         header.append("importance_weighted_bpd")
         columns.append(importance_weighted.tolist())
     values_per_image = zip(*columns, strict=True)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(
-            [i, int(y), *(f"{value:.6f}" for value in values)]
-            for i, (y, values) in enumerate(zip(labels, values_per_image, strict=True))
-        )
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(
+        [i, int(y), *(f"{value:.6f}" for value in values)]
+        for i, (y, values) in enumerate(zip(labels, values_per_image, strict=True))
+    )
+    write_text(path, text.getvalue(), what="table")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -164,7 +167,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     groups = {cfg.split: bpd}
     if weighted is not None:
         groups = {f"{cfg.split} variational": bpd, f"{cfg.split} importance-weighted": weighted}
-    histogram(groups, "bits per dim", title, cfg.bins).save(out / "bpd_histogram.png")
+    save_image(histogram(groups, "bits per dim", title, cfg.bins), out / "bpd_histogram.png")
     result.update(
         checkpoint=str(cfg.ckpt), data=datamodule.name, wall_time_s=time.perf_counter() - started
     )

@@ -22,10 +22,10 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch import Tensor
 from torchvision.transforms.functional import to_pil_image
-from torchvision.utils import save_image
 
 from glowlab.cli import hydra_app, run_cli
 from glowlab.models.multiscale import MultiscaleFlow
+from glowlab.outputs import save_image
 from glowlab.tools.cli import check_ckpt, check_device, output_dir, write_json
 from glowlab.tools.images import read_images
 from glowlab.tools.loading import (
@@ -102,7 +102,15 @@ def save_gif(frames: Tensor, n_bits: int, path: Path) -> None:
     size = (frames.shape[-1] * scale, frames.shape[-2] * scale)
     images = [to_pil_image(f).resize(size, Image.Resampling.NEAREST) for f in floats]
     images += images[-2:0:-1]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=GIF_FRAME_MS, loop=0)
+    save_image(
+        images[0],
+        path,
+        "GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=GIF_FRAME_MS,
+        loop=0,
+    )
 
 
 def _endpoints(cfg: DictConfig, model: MultiscaleFlow, run_config: dict) -> tuple[Tensor, list]:

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from glowlab.cli import hydra_app, run_cli
 from glowlab.models.multiscale import MultiscaleFlow
+from glowlab.outputs import save_image
 from glowlab.tools.cli import as_list, check_ckpt, check_device, check_int, output_dir, write_json
 from glowlab.tools.loading import (
     build_datamodule,
@@ -122,7 +123,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out = output_dir(cfg)
     row_labels = [f"#{i}" for i in indices]
     grid = labelled_grid(images, model.n_bits, row_labels, [f"{a:g}" for a in alphas])
-    grid.save(out / "manipulation.png")
+    save_image(grid, out / "manipulation.png")
     summary = {
         "checkpoint": str(cfg.ckpt),
         "class_a": cfg.class_a,

@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
-from torchvision.utils import save_image
 
 from glowlab.bijections.tarflow import INVERSIONS, configure_sampling, tarflow_blocks
 from glowlab.cli import hydra_app, run_cli
 from glowlab.models.multiscale import MultiscaleFlow
+from glowlab.outputs import save_image
 from glowlab.sampling import check_guidance
 from glowlab.tools.cli import as_list, check_ckpt, check_device, check_int, output_dir, write_json
 from glowlab.tools.loading import load_flow
@@ -128,7 +128,7 @@ def save_sample_figures(
     pick = torch.linspace(0, total - 1, min(columns, total)).round().long()
     rows = torch.stack([images[pick] for images in grids.values()])  # (T, K, C, H, W)
     paths.append(out / "temperatures.png")
-    labelled_grid(rows, n_bits, [f"T={t:g}" for t in grids]).save(paths[-1])
+    save_image(labelled_grid(rows, n_bits, [f"T={t:g}" for t in grids]), paths[-1])
     return paths
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from torch import Tensor
 from glowlab.cli import hydra_app, run_cli
 from glowlab.data import ImageDataModule
 from glowlab.models.multiscale import MultiscaleFlow
+from glowlab.outputs import save_image, write_text
 from glowlab.tools.cli import check_ckpt, check_device, check_int, output_dir, write_json
 from glowlab.tools.images import image_files, read_images
 from glowlab.tools.likelihood import per_image_bpd
@@ -114,14 +116,15 @@ def _score(
 def write_scores_csv(path: Path, groups: Sequence[Scored], train_mean: float | None) -> None:
     """``set,name,label,bpd,typicality`` rows; label -1 for image files without ``y``,
     typicality empty without a train mean."""
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["set", "name", "label", "bpd", "typicality"])
-        for scored in groups:
-            rows = zip(scored.names, scored.labels.tolist(), scored.bpd.tolist(), strict=True)
-            for name, label, bpd in rows:
-                typical = "" if train_mean is None else f"{abs(bpd - train_mean):.6f}"
-                writer.writerow([scored.role, name, label, f"{bpd:.6f}", typical])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["set", "name", "label", "bpd", "typicality"])
+    for scored in groups:
+        rows = zip(scored.names, scored.labels.tolist(), scored.bpd.tolist(), strict=True)
+        for name, label, bpd in rows:
+            typical = "" if train_mean is None else f"{abs(bpd - train_mean):.6f}"
+            writer.writerow([scored.role, name, label, f"{bpd:.6f}", typical])
+    write_text(path, text.getvalue(), what="table")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -155,7 +158,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     write_scores_csv(out / "scores.csv", groups, train_mean)
     named = {f"{g.role}: {g.source}": g.bpd for g in groups}
     marker = None if train_mean is None else ("train mean", train_mean)
-    histogram(named, "bits per dim", bins=cfg.bins, marker=marker).save(out / "bpd_histogram.png")
+    save_image(
+        histogram(named, "bits per dim", bins=cfg.bins, marker=marker), out / "bpd_histogram.png"
+    )
     write_json(out / "score.json", summary)
     line = (
         f"glowlab-score: {summary['n_inputs']} inputs, mean bpd {summary['mean_bpd_inputs']:.4f}"
