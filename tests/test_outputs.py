@@ -17,6 +17,7 @@ from torchvision.utils import save_image as torchvision_save_image
 
 import glowlab.outputs as outputs
 from glowlab.cli import user_error
+from glowlab.tools.sample import save_sample_figures
 
 
 def _enospc(fd: int) -> None:
@@ -82,3 +83,20 @@ def test_an_unwritable_run_dir_is_one_line_before_hydra_writes(
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert f"output directory {blocker / 'run'} is not writable" in lines[0]
     assert f"{key}=<dir>" in lines[0]
+
+
+def test_a_tool_on_a_full_disk_fails_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """glowlab-sample's figures (the grids and the labelled temperature rows) go through the
+    guard: a full disk is one OutputWriteError naming the file, and no partial file is left."""
+    grids = {1.0: torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)}
+    assert [p.name for p in save_sample_figures(grids, 8, tmp_path)] == [
+        "samples_T1.png",
+        "temperatures.png",
+    ]
+    monkeypatch.setattr(outputs.os, "fsync", _enospc)
+    with pytest.raises(outputs.OutputWriteError, match=r"samples_T1.png \(the disk is full\)"):
+        save_sample_figures(grids, 8, tmp_path)
+    monkeypatch.undo()
+    assert not list(tmp_path.glob(".*.tmp"))
