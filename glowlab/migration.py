@@ -107,8 +107,27 @@ def moved_keys_in(overrides: Sequence[str]) -> list[str]:
 
 
 SWEEP_FLAGS = ("-m", "--multirun")
-"""The one Hydra flag the guard reads; a command line with any other flag (``--cfg job``,
-``--config-dir DIR``, ``--help``) is left to Hydra."""
+VALUE_FLAGS = ("-c", "--cfg", "-p", "--package")
+"""Hydra flags that leave the composed config as it is (``--cfg job`` prints it): the guard
+checks the overrides beside them. A command line with another flag (``--config-dir DIR``,
+``--help``, ``--info``) is left to Hydra."""
+
+
+def _hydra_overrides(argv: Sequence[str]) -> list[str] | None:
+    """The overrides of a Hydra command line, or None when it has a flag the guard leaves to
+    Hydra."""
+    overrides, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in VALUE_FLAGS:
+            skip = True
+        elif arg.startswith("-"):
+            if arg not in SWEEP_FLAGS and arg != "--resolve":
+                return None
+        else:
+            overrides.append(arg)
+    return overrides
 
 
 def guard_command_line(prog: str, config_dir: str, config_name: str, argv: Sequence[str]) -> None:
@@ -116,9 +135,7 @@ def guard_command_line(prog: str, config_dir: str, config_name: str, argv: Seque
     ``-m``) and exit 1 with one line when that fails: a key that moved names its new key, a
     typo or an unknown option its closest valid one (``glowlab.overrides.explain``), instead
     of Hydra's "Key not in struct" advice or its list of every option."""
-    if any(arg.startswith("-") and arg not in SWEEP_FLAGS for arg in argv):
-        return
-    overrides = [arg for arg in argv if not arg.startswith("-")]
+    overrides = _hydra_overrides(argv)
     if not overrides:
         return
     from hydra import compose, initialize_config_dir

@@ -116,7 +116,10 @@ def test_every_app_gets_the_same_one_line_answers() -> None:
 def test_valid_command_lines_and_other_hydra_flags_pass_the_guard() -> None:
     guard_command_line("glowlab-train", CONFIG_DIR, "train", ["model.depth=3", "seed=1"])
     guard_command_line("glowlab-train", CONFIG_DIR, "train", ["-m", "model.depth=1,2"])
-    guard_command_line("glowlab-train", CONFIG_DIR, "train", ["--cfg", "job", "model.dpth=1"])
+    leave_to_hydra = ["--config-dir", "/elsewhere", "model.dpth=1"]  # another config
+    guard_command_line("glowlab-train", CONFIG_DIR, "train", leave_to_hydra)
+    printing = _guard("glowlab-train", "train", ["--cfg", "job", "model.dpth=1"])
+    assert "model.dpth is not an option of model" in printing
 
 
 def test_a_plus_key_the_target_does_not_take_names_the_closest_parameter(tmp_path: Path) -> None:
