@@ -73,43 +73,67 @@ class CacheInfo:
 
 
 class MappedImageDataset(Dataset):
-    """Images ``uint8 (N, C, H, W)`` and labels ``long (N,)`` read from memory-mapped ``.npy``.
+    """Images ``uint8 (N, C, H, W)`` and labels ``long (N,)`` of a prepared ``.npy`` pair.
 
-    The arrays are opened lazily in each process (a pickled copy sent to a loader worker
-    reopens them instead of copying them). ``__getitems__`` reads a whole batch with one sorted
-    fancy index (sequential page reads) and returns ``(uint8 (B, C, H, W), long (B,))`` in the
-    order asked for, the same values `TensorImageDataset` gives for the same indices.
+    The images file is opened with ``np.load(mmap_mode="r")`` (header, shape, offset) and its
+    images are read with ``os.preadv`` straight into the batch: the bytes come from the OS page
+    cache, which every rank on the node shares, and no page is mapped into the process, so a
+    rank's private memory stays at its batch buffers. (Fancy-indexing the map instead maps
+    each touched image's neighbours too, by the kernel's fault-around and read-ahead: a rank's
+    USS grew by 1.07 GB over 40 random batches of 256 ImageNet 64 images.) Labels are a small
+    map. The files are opened lazily in each process, so a pickled copy sent to a loader
+    worker reopens them. ``__getitems__`` reads a batch in file order and returns
+    ``(uint8 (B, C, H, W), long (B,))`` in the order asked for: the values
+    `TensorImageDataset` gives for the same indices.
     """
 
     def __init__(self, images: Path, labels: Path) -> None:
         self.images_path, self.labels_path = Path(images), Path(labels)
-        self._images: np.ndarray | None = None
+        header = np.load(self.images_path, mmap_mode="r")
+        self.shape, self._offset = tuple(header.shape[1:]), header.offset
+        self._item_bytes = int(np.prod(self.shape))
+        self._len = len(header)
+        self._fd: int | None = None
         self._labels: np.ndarray | None = None
-        self._len = len(self._arrays()[1])
 
-    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._images is None or self._labels is None:
-            self._images = np.load(self.images_path, mmap_mode="r")
+    def _open(self) -> tuple[int, np.ndarray]:
+        if self._fd is None or self._labels is None:
+            self._fd = os.open(self.images_path, os.O_RDONLY)
             self._labels = np.load(self.labels_path, mmap_mode="r")
-        return self._images, self._labels
+        return self._fd, self._labels
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_images": None, "_labels": None}
+        return {**self.__dict__, "_fd": None, "_labels": None}
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
 
     def __len__(self) -> int:
         return self._len
 
+    def _read(self, fd: int, index: int, out: np.ndarray) -> None:
+        if not 0 <= index < self._len:
+            raise IndexError(f"index {index} is out of range for {self._len} images")
+        read = os.preadv(fd, [out], self._offset + index * self._item_bytes)
+        if read != self._item_bytes:
+            raise CacheError(f"{self.images_path} is truncated; prepare it again")
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = self._arrays()
-        return torch.from_numpy(np.array(images[index])), torch.tensor(int(labels[index]))
+        fd, labels = self._open()
+        image = np.empty(self.shape, dtype=np.uint8)
+        self._read(fd, int(index), image.reshape(-1))
+        return torch.from_numpy(image), torch.tensor(int(labels[index]))
 
     def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = self._arrays()
+        fd, labels = self._open()
         index = np.asarray(indices, dtype=np.int64)
-        order = np.argsort(index, kind="stable")
-        batch = np.empty((len(index), *images.shape[1:]), dtype=np.uint8)
-        batch[order] = images[index[order]]
-        return torch.from_numpy(batch), torch.from_numpy(labels[index].astype(np.int64))
+        batch = np.empty((len(index), self._item_bytes), dtype=np.uint8)
+        for k in np.argsort(index, kind="stable"):
+            self._read(fd, int(index[k]), batch[k])
+        images = torch.from_numpy(batch).view(len(index), *self.shape)
+        return images, torch.from_numpy(labels[index].astype(np.int64))
 
 
 # ----------------------------------------------------------------------------- locations
