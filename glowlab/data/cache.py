@@ -9,8 +9,9 @@ ImageNet 32/64) is decoded once into ``<cache_dir>/<name>-<C>x<H>x<W>-<root hash
 
 Every file is written to a temporary name and moved into place with ``os.replace``, under a
 file lock, so a reader never sees half a file and two writers never interleave. Every rank
-then opens the arrays with ``np.load(mmap_mode="r")``: the pages are shared through the OS page
-cache, so a rank's private memory does not grow with the dataset.
+then opens the arrays with ``np.load(mmap_mode="r")`` and reads its batches from the OS page
+cache, which all ranks of a node share (`MappedImageDataset`), so a rank's private memory does
+not grow with the dataset.
 
 The manifest records the layout version, the glowlab version (for provenance), the image shape,
 the number of classes, every array's shape, dtype and file size, and each source file with its
