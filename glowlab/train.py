@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -182,6 +183,32 @@ def _write_failed_message(cfg: DictConfig, error: OutputWriteError) -> str:
     )
 
 
+def stopped_by(trainer: L.Trainer) -> str:
+    """What ended ``fit``: ``max_steps``, ``max_epochs``, ``max_time`` or ``callback`` (a
+    callback set ``should_stop``, e.g. early stopping)."""
+    if 0 <= trainer.max_steps <= trainer.global_step:
+        return "max_steps"
+    if trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch:
+        return "max_epochs"
+    timers = [c for c in trainer.callbacks if isinstance(c, Timer)]
+    if any(t.time_remaining() is not None and t.time_remaining() <= 0 for t in timers):
+        return "max_time"
+    return "callback"
+
+
+def budget_line(metrics: dict[str, Any]) -> str | None:
+    """One line when training ended before the steps its LR schedule was built for (None
+    otherwise): the bpd is then not the recipe's, whatever the machine."""
+    planned, done = metrics.get("steps_planned"), metrics["steps"]
+    if not planned or done >= planned or metrics.get("stopped_by") is None:
+        return None
+    return (
+        f"glowlab: warning: stopped by {metrics['stopped_by']} after {done} of {planned} planned "
+        "steps, so the LR schedule did not anneal and this bpd is not the recipe's; raise "
+        "trainer.max_time (or lower trainer.max_steps) to train the whole schedule"
+    )
+
+
 def fit_and_test(cfg: DictConfig, run: RunObjects) -> dict[str, Any]:
     """Fit (optionally resuming), test the best checkpoint, return the run's metrics: ``val/``,
     ``train/`` and ``test/`` + the model's ``metric_name`` (``bpd``, or ``noisy_bpd`` for
@@ -220,6 +247,8 @@ def fit_and_test(cfg: DictConfig, run: RunObjects) -> dict[str, Any]:
     metrics.update(
         metric=run.model.metric_name,
         steps=trainer.global_step,
+        steps_planned=module.total_steps,
+        stopped_by=stopped_by(trainer) if cfg.train else None,
         epochs=trainer.current_epoch,
         wall_time_s=round(time.perf_counter() - started, 2),
         fit_time_s=round(fitted - started, 2),
@@ -275,6 +304,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if metrics.get(k) is not None)
         summary = summary or f"no {' or '.join(keys)} (no validation or test ran)"
         say(f"glowlab: {summary} | steps {metrics['steps']} | {metrics['wall_time_s']:.0f} s", log)
+        if budget_line(metrics):
+            say(budget_line(metrics), log)
         say(f"glowlab: run dir {cfg.paths.output_dir}", log)
         if metrics.get("sample_grid"):
             say(f"glowlab: sample grid {metrics['sample_grid']}", log)

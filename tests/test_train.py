@@ -243,3 +243,30 @@ def test_user_config_dir_adds_an_experiment_without_editing_the_package(tmp_path
         [*TINY_RUN, f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "experiment=mine"],
     )
     assert (cfg.task_name, cfg.model.mask) == ("mine", "checkerboard")
+
+
+def test_a_run_ended_by_max_time_says_so_and_records_it(tmp_path: Path, capsys) -> None:
+    """max_time ends the run before its schedule's steps: metrics.json records stopped_by and
+    steps_planned, and one line says the schedule did not anneal; a run that trains its whole
+    schedule records max_steps and prints no such line."""
+    slow = compose_run(
+        tmp_path / "slow",
+        [
+            *TINY_RUN,
+            "trainer.max_steps=100000",
+            "trainer.max_epochs=-1",
+            "trainer.max_time=00:00:00:03",
+            "test=false",
+        ],
+    )
+    metrics = train(slow)
+    assert metrics["stopped_by"] == "max_time"
+    assert metrics["steps_planned"] == 100000 and 0 < metrics["steps"] < 100000
+    saved = json.loads((tmp_path / "slow" / "metrics.json").read_text())
+    assert saved["stopped_by"] == "max_time" and saved["steps_planned"] == 100000
+    assert f"stopped by max_time after {metrics['steps']} of 100000 planned steps" in (
+        capsys.readouterr().out
+    )
+    done = train(compose_run(tmp_path / "done", [*TINY_RUN, "trainer.max_steps=3", "test=false"]))
+    assert done["stopped_by"] == "max_steps" and done["steps_planned"] == 3
+    assert "planned steps" not in capsys.readouterr().out
