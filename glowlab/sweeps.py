@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,11 +23,13 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from glowlab.console import FILE_ONLY
 from glowlab.outputs import write_text
 
 FAILED = "failed.json"
 """A failed job's record in its dir: ``{"job", "overrides", "error", "stage"}``."""
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+log = logging.getLogger("glowlab.sweeps")
 
 
 def in_sweep() -> bool:
@@ -69,12 +72,20 @@ def record_failure(prog: str, error: str) -> None:
     swept = swept_keys(OmegaConf.load(master)) if master.is_file() else None
     line = failure_line(prog, _label(hydra.job.num, overrides, swept), job_dir, error)
     print(line, file=sys.stderr, flush=True)
+    log.error("%s", line, extra=FILE_ONLY)
 
 
 def refused_before_launch() -> bool:
-    """In a sweep job: whether `SweepCallback` refused this job (its line was printed then)."""
+    """In a sweep job: whether `SweepCallback` refused this job (its line was printed then;
+    it is logged to the job's log file now)."""
     path = Path(HydraConfig.get().runtime.output_dir) / FAILED
-    return path.is_file() and json.loads(path.read_text()).get("stage") == "check"
+    if not path.is_file():
+        return False
+    record = json.loads(path.read_text())
+    if record.get("stage") != "check":
+        return False
+    log.error("refused before the sweep started: %s", record["error"], extra=FILE_ONLY)
+    return True
 
 
 def sweep_overrides(config: DictConfig) -> list[list[str]] | None:
