@@ -1,11 +1,12 @@
 """Is B better than A? Train both for several seeds, side by side, and test the difference.
 
 A and B are ``glowlab-train`` runs that differ in their overrides (``--a`` and ``--b``, e.g.
-``--a "" --b "model/transform=additive"``) or in the code (``--a-commit <rev>``: arm A runs
-the code of that git revision, checked out in a temporary worktree, with the same venv). Each
-arm is trained once per seed (``seed=<s>`` is appended), ``--parallel`` runs at a time (each
-with ``OMP_NUM_THREADS=1`` when more than one runs), alternating arms so that both see the
-same machine load. The script prints, per arm, the mean ± standard error of the metric
+``--a "" --b "model/transform=additive"``) or in their code (``--a-commit <rev>``,
+``--b-commit <rev>``: that arm runs the code of a git revision, checked out in a temporary
+worktree, with the same venv; without, this checkout's code). Each arm is trained once per
+seed (``seed=<s>`` is appended), ``--parallel`` runs at a time (each with
+``OMP_NUM_THREADS=1`` when more than one runs), alternating arms so that both see the same
+machine load. The script prints, per arm, the mean ± standard error of the metric
 (``test/bpd`` by default) and of the wall time, then the difference B − A with Welch's t-test
 (two-sided), and writes every run's numbers to ``--out``/seed_compare.json.
 
@@ -41,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--a", default="", help="overrides of arm A (one shell-quoted string)")
     parser.add_argument("--b", default="", help="overrides of arm B")
     parser.add_argument("--a-commit", help="run arm A with the code of this git revision")
+    parser.add_argument("--b-commit", help="run arm B with the code of this git revision")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
     parser.add_argument("--metric", default="test/bpd", help="a key of metrics.json")
@@ -89,11 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="glowlab-ref-") as scratch:
-        code_a = worktree(args.a_commit, Path(scratch) / "a") if args.a_commit else ROOT
+        revisions = {"A": args.a_commit, "B": args.b_commit}
+        code = {
+            arm: worktree(rev, Path(scratch) / arm) if rev else ROOT
+            for arm, rev in revisions.items()
+        }
         jobs = [
-            (arm, code, overrides, seed)
+            (arm, code[arm], overrides, seed)
             for seed in args.seeds
-            for arm, code, overrides in (("A", code_a, args.a), ("B", ROOT, args.b))
+            for arm, overrides in (("A", args.a), ("B", args.b))
         ]
         threads = 1 if args.parallel > 1 else os.cpu_count() or 1
         with ThreadPoolExecutor(args.parallel) as pool:
@@ -105,9 +111,10 @@ def main(argv: list[str] | None = None) -> int:
                     jobs,
                 )
             )
-        if args.a_commit:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                            str(code_a)], check=False)  # fmt: skip
+        for arm, rev in revisions.items():
+            if rev:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                                str(code[arm])], check=False)  # fmt: skip
     runs = [
         {"arm": arm, "seed": seed, **result}
         for (arm, _, _, seed), result in zip(jobs, results, strict=True)
@@ -119,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         return 1
     values = {arm: [r[args.metric] for r in runs if r["arm"] == arm] for arm in "AB"}
-    for arm, label in (("A", args.a_commit or "this code"), ("B", "this code")):
+    for arm in "AB":
+        label = revisions[arm] or "this checkout"
         mine = [r for r in runs if r["arm"] == arm]
         wall = summary([r["wall_time_s"] for r in mine])
         stops = sorted({str(r.get("stopped_by")) for r in mine})
