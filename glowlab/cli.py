@@ -55,10 +55,13 @@ def _message(error: BaseException) -> str:
     return str(error)
 
 
-def _instantiation_type_error(error: BaseException) -> ValueError | None:
+def _instantiation_type_error(
+    error: BaseException, cfg: DictConfig | None = None
+) -> ValueError | None:
     """A ``TypeError`` raised while instantiating a config node the user changed on the
     command line, as a ``ValueError`` naming the node and those overrides (None otherwise:
-    without such overrides it is a bug and keeps its traceback)."""
+    without such overrides it is a bug and keeps its traceback). ``cfg``, the composed config,
+    adds the node's keys to the names suggested for an unexpected keyword."""
     if not isinstance(error, InstantiationException) or not HydraConfig.initialized():
         return None
     if not isinstance(error.__cause__, TypeError):
@@ -75,30 +78,35 @@ def _instantiation_type_error(error: BaseException) -> ValueError | None:
     unknown = re.search(r"unexpected keyword argument '(\w+)'", str(error.__cause__))
     target = re.search(r"call to target '([^']+)'", str(error))
     if unknown is not None and target is not None:
-        return ValueError(_not_a_parameter(node, unknown.group(1), target.group(1)))
+        keys = OmegaConf.select(cfg, node) if cfg is not None else None
+        keys = [str(k) for k in keys] if isinstance(keys, DictConfig) else []
+        return ValueError(_not_a_parameter(node, unknown.group(1), target.group(1), keys))
     return ValueError(
         f"{node}: a value has the wrong type ({error.__cause__}); check what you passed: "
         f"{' '.join(changed)}"
     )
 
 
-def _not_a_parameter(node: str, name: str, target: str) -> str:
+def _not_a_parameter(node: str, name: str, target: str, keys: list[str]) -> str:
     """``model.dpth is not a parameter of model (glowlab.models.glow); did you mean
-    model.depth? (options: ...)``: a key added with ``+`` that the target does not take."""
+    model.depth? (options: ...)``: a key added with ``+`` that the target does not take. The
+    options are the node's ``keys`` and the target's named parameters."""
     obj = get_object(target)
     signature = inspect.signature(obj.__init__ if inspect.isclass(obj) else obj)
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    names = [p.name for p in signature.parameters.values() if p.kind in kinds]
-    names = [n for n in names if n != "self"]
+    named = [p.name for p in signature.parameters.values() if p.kind in kinds]
+    names = [n for n in dict.fromkeys([*keys, *named]) if n not in (name, "self")]
+    names = [n for n in names if not (n.startswith("_") and n.endswith("_"))]
     return (
         f"{node}.{name} is not a parameter of {node} ({target}); "
         f"{did_you_mean(name, names, f'{node}.')}"
     )
 
 
-def config_error(error: BaseException) -> str | None:
-    """The one-line message of a user error (bad input), or None for a bug."""
-    cause = user_error(error) or _instantiation_type_error(error)
+def config_error(error: BaseException, cfg: DictConfig | None = None) -> str | None:
+    """The one-line message of a user error (bad input) with config ``cfg``, or None for a
+    bug."""
+    cause = user_error(error) or _instantiation_type_error(error, cfg)
     return None if cause is None else _message(cause)
 
 
@@ -126,7 +134,7 @@ def run_cli(prog: str, run: Callable[[DictConfig], Any], cfg: DictConfig) -> Any
         check_config(cfg)
         return run(cfg)
     except Exception as error:  # noqa: BLE001 - bad input becomes one line, bugs re-raise
-        message = config_error(error)
+        message = config_error(error, cfg)
         if sweeps.in_sweep():
             sweeps.record_failure(prog, message or f"{type(error).__name__}: {error}")
             if message is None:

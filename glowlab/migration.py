@@ -141,7 +141,7 @@ def guard_command_line(prog: str, config_dir: str, config_name: str, argv: Seque
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from glowlab.overrides import explain, sweep_jobs
+    from glowlab.overrides import explain, key_of, sweep_jobs, swept_keys
 
     multirun = any(arg in SWEEP_FLAGS for arg in argv)
     GlobalHydra.instance().clear()
@@ -169,7 +169,10 @@ def guard_command_line(prog: str, config_dir: str, config_name: str, argv: Seque
                         message = explain(error, job, config_name)
                     if message is None:
                         return
-                    where = f"job #{number} ({' '.join(job)}): " if multirun else ""
+                    where = ""
+                    if multirun:  # the overrides parsed (sweep_jobs) when this runs
+                        swept = [o for o in job if key_of(o) in swept_keys(overrides)]
+                        where = f"job #{number} ({' '.join(swept or job)}): "
                     raise SystemExit(f"{prog}: error: {where}{message}") from None
     finally:
         GlobalHydra.instance().clear()

@@ -39,7 +39,8 @@ def did_you_mean(name: str, options: Sequence[str], prefix: str = "") -> str:
     return f"did you mean {' or '.join(prefix + n for n in near)}? ({listing})"
 
 
-def _key(override: str) -> str:
+def key_of(override: str) -> str:
+    """The key of an override (``+model.x=1`` -> ``model.x``)."""
     return override.lstrip("+~").split("=", 1)[0]
 
 
@@ -47,7 +48,7 @@ def _compose_without(config_name: str, overrides: Sequence[str], key: str) -> Di
     """The config composed with ``overrides`` minus those of ``key`` (None if that fails too)."""
     from hydra import compose
 
-    rest = [o for o in overrides if _key(o) != key and not _key(o).startswith("hydra.")]
+    rest = [o for o in overrides if key_of(o) != key and not key_of(o).startswith("hydra.")]
     try:
         return compose(config_name, overrides=rest, return_hydra_config=True)
     except Exception:  # noqa: BLE001 - another bad override: only the first one is explained
@@ -83,7 +84,7 @@ def _missing_option(error: MissingConfigException, overrides: Sequence[str]) -> 
     if not error.missing_cfg_file or error.options is None:
         return None
     group, _, name = error.missing_cfg_file.rpartition("/")
-    keys = [_key(o) for o in overrides if "=" in o]
+    keys = [key_of(o) for o in overrides if "=" in o]
     key = next((k for k in keys if k.split("@")[0] == group), group)
     options = sorted(error.options)
     return f"{key}={name} is not an option of {group}; {did_you_mean(name, options, key + '=')}"
@@ -109,7 +110,7 @@ def explain(error: Exception, overrides: Sequence[str], config_name: str) -> str
         return _missing_key(config_name, overrides, key)
     if match := re.match(r"Could not append to config\. An item is already at '([^']+)'", text):
         key = match.group(1)
-        value = next((o.split("=", 1)[1] for o in overrides if _key(o) == key and "=" in o), "")
+        value = next((o.split("=", 1)[1] for o in overrides if key_of(o) == key and "=" in o), "")
         return f"+{key}: {key} is already an option; set it without the +: {key}={value}"
     if match := re.match(r"Could not delete from config\. '([^']+)' does not exist", text):
         return f"~{_missing_key(config_name, overrides, match.group(1))}"
@@ -127,3 +128,9 @@ def sweep_jobs(overrides: Sequence[str]) -> list[list[str]]:
 
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def swept_keys(overrides: Sequence[str]) -> set[str]:
+    """The keys that ``overrides`` sweep over (``model.depth=1,2``, ``seed=range(3)``)."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return {o.key_or_group for o in parsed if o.is_sweep_override()}

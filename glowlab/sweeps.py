@@ -39,10 +39,9 @@ def in_sweep() -> bool:
 
 def swept_keys(config: DictConfig) -> set[str]:
     """The keys a sweep varies (comma lists, ranges, ``hydra.sweeper.params``)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from glowlab.overrides import swept_keys as swept
 
-    task = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-    keys = {o.key_or_group for o in task if o.is_sweep_override()}
+    keys = swept(list(config.hydra.overrides.task))
     return keys | {str(k) for k in (config.hydra.sweeper.get("params") or {})}
 
 
