@@ -170,8 +170,9 @@ class StreamingImageDataset(Dataset):
 
     Random access through ``litdata.StreamingDataset.__getitem__`` (one item decoded per read,
     not a window); every item carries its index, which is checked, so chunks written in another
-    order fail loudly instead of training on shuffled labels. ``__getitems__`` returns a batch
-    ``(uint8 (B, C, H, W), long (B,))``.
+    order fail loudly instead of training on shuffled labels. ``__getitems__`` reads a batch in
+    index order (litdata maps one chunk at a time, so this maps each chunk once per batch) and
+    returns ``(uint8 (B, C, H, W), long (B,))`` in the order asked for.
     """
 
     def __init__(self, input_dir: str, download_dir: str | None, shape: Sequence[int]) -> None:
@@ -219,8 +220,8 @@ class StreamingImageDataset(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = np.empty((len(indices), *self.shape), dtype=np.uint8)
         labels = np.empty(len(indices), dtype=np.int64)
-        for k, index in enumerate(indices):
-            batch[k], labels[k] = self._item(int(index))
+        for k in np.argsort(indices, kind="stable"):  # chunk by chunk: each is mapped once
+            batch[k], labels[k] = self._item(int(indices[k]))
         return torch.from_numpy(batch), torch.from_numpy(labels)
 
 
