@@ -249,15 +249,15 @@ RULES: dict[str, dict[str, Spec]] = {**MODELS, **PARTS, **TRAINING, **CALLBACKS}
 # ------------------------------------------------------------------------------ the apps
 TOOL_OPTIONS: dict[str, Spec] = {
     "seed": SEED,
-    "n": COUNT,  # glowlab-sample
+    "n": replace(COUNT, note="samples per temperature"),  # glowlab-sample
     "temperatures": ListOf(TEMPERATURE, single=True, example=[0.5, 0.7, 1.0]),
     "batch_size": COUNT,
     "guidance": optional(FINITE),
     "jacobi_tolerance": optional(replace(NON_NEGATIVE, example=1e-5)),
     "y": AnyOf((CLASS_INDEX,), words=("all",), optional=True),
-    "samples": COUNT,  # glowlab-eval, glowlab-score
+    "samples": replace(COUNT, note="noise draws per image"),  # glowlab-eval, glowlab-score
     "max_images": optional(COUNT),
-    "bins": COUNT,
+    "bins": replace(COUNT, note="histogram bins"),
     "train_images": COUNT,  # glowlab-score
     "steps": Range(int, 2, note="frames, both ends included"),  # glowlab-interpolate
     "temperature": TEMPERATURE,
