@@ -136,6 +136,8 @@ def guard_command_line(prog: str, config_dir: str, config_name: str, argv: Seque
     typo or an unknown option its closest valid one (``glowlab.overrides.explain``), instead
     of Hydra's "Key not in struct" advice or its list of every option."""
     overrides = _hydra_overrides(argv)
+    if overrides is not None:  # hydra.* keys (a sweeper's params, run dirs) are Hydra's to check
+        overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
     if not overrides:
         return
     from hydra import compose, initialize_config_dir

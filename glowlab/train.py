@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shlex
 import sys
 import time
@@ -313,15 +312,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra_app("glowlab-train", "train")
-def main(cfg: DictConfig) -> float:
-    """``glowlab-train``: train; returns the ``optimized_metric`` for a sweeper (NaN when it is
-    missing or the job failed in a sweep, which Optuna records as a failed trial)."""
+def main(cfg: DictConfig) -> float | None:
+    """``glowlab-train``: train; returns the ``optimized_metric`` for a sweeper (None when it is
+    missing or the job failed in a sweep: Optuna records a failed trial and goes on)."""
     metrics = run_cli("glowlab-train", train, cfg)
     if metrics is None:
-        return math.nan
+        return None
     key = cfg.get("optimized_metric", "val/bpd")
     value = metrics.get(metric_key(key, metrics.get("metric", "bpd")))
-    return math.nan if value is None else float(value)
+    return None if value is None else float(value)
 
 
 if __name__ == "__main__":
