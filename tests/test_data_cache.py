@@ -10,6 +10,7 @@ import os
 import pickle
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -158,6 +159,38 @@ def test_a_damaged_cache_is_rebuilt(tmp_path: Path, damage, reason: str) -> None
     assert reason in lines[0] and "rebuilding" in lines[0]
     assert _prepare_logged(dm) == []  # complete again: nothing to do
     _assert_same(expected, _batches(_module("mnist", dm.root, "memmap", tmp_path / "cache")))
+
+
+@pytest.mark.parametrize(("name", "copied"), [("imagenet32", 0), ("mnist", 4)])
+def test_imagenet_is_assembled_in_the_cache_files(
+    tmp_path: Path, monkeypatch, name: str, copied: int
+) -> None:
+    """ImageNet's arrays are filled in place in the cache's files (never the whole dataset in
+    memory); small sources are loaded, then saved: the same bytes either way."""
+    root = tmp_path / "data"
+    _make(name, root)
+    saved: list[str] = []
+    write = cache._write_array
+    monkeypatch.setattr(cache, "_write_array", lambda p, a: saved.append(p.name) or write(p, a))
+    dm = _module(name, root, "memmap", tmp_path / "cache")
+    info = cache.prepare(name, dm.request(), dm.cache_dir, lambda _: None)
+    assert len(saved) == copied
+    raw = _module(name, root, "raw", None).source.load(dm.request())
+    assert np.array_equal(np.load(info.path / "pool_images.npy"), raw.pool.images.numpy())
+    assert np.array_equal(np.load(info.path / "test_labels.npy"), raw.test.labels.numpy())
+    assert not list(info.path.glob(".*.tmp"))
+
+
+def test_a_dead_writers_temporary_files_are_removed(tmp_path: Path) -> None:
+    dm, path = _prepared(tmp_path)
+    host = socket.gethostname()
+    dead = path / f".pool_images.npy.{host}.999999999.tmp"
+    live = path / f".pool_images.npy.{host}.{os.getppid()}.tmp"  # a running process
+    dead.write_bytes(b"half")
+    live.write_bytes(b"half")
+    (path / cache.MANIFEST).unlink()
+    assert "rebuilding" in _prepare_logged(dm)[0]
+    assert not dead.exists() and live.exists()
 
 
 def test_changed_source_files_make_the_cache_stale(tmp_path: Path) -> None:

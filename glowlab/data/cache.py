@@ -27,6 +27,7 @@ the cache was copied to a node) is used as is.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -244,6 +245,27 @@ def _write_array(path: Path, array: np.ndarray) -> dict[str, Any]:
     }
 
 
+def clear_for_writing(path: Path) -> None:
+    """Remove the manifest (the cache is incomplete from now on) and the temporary files that
+    writers on this host which are no longer running left. Call it holding the cache's lock."""
+    (path / MANIFEST).unlink(missing_ok=True)
+    host = socket.gethostname()
+    for leftover in path.glob(f".*.{host}.*.tmp"):
+        pid = leftover.name.rsplit(".", 2)[1]
+        if pid.isdigit() and not _running(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def check_writable(folder: Path, fix: str) -> None:
     """Create ``folder`` and check a file can be written there; `CacheError` naming ``fix``."""
     try:
@@ -255,23 +277,63 @@ def check_writable(folder: Path, fix: str) -> None:
         raise CacheError(f"cannot write in {folder} ({err.strerror}); {fix}") from None
 
 
-def write_cache(path: Path, name: str, raw: RawData, sources: list[dict[str, Any]]) -> None:
-    """Write ``raw`` (its pool and test split, each a `TensorImageDataset`) into ``path``: the
-    old manifest is removed first (and temporary files a killed writer left), the arrays
-    written, the new manifest last. Call it holding the cache's lock."""
-    (path / MANIFEST).unlink(missing_ok=True)
-    for leftover in path.glob(".*.tmp"):
-        leftover.unlink(missing_ok=True)
+class FileArrays:
+    """`Request.allocate` for preparing: each array a loader assembles is created as the
+    cache's temporary ``.npy`` (``np.lib.format.open_memmap``), filled in place and later
+    moved into the cache, so the dataset never has to fit in memory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.files: dict[str, tuple[np.memmap, Path]] = {}
+
+    def __call__(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        tmp = _temporary(self.path / f"{name}.npy")
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+        self.files[name] = (array, tmp)
+        return array
+
+    def store(self, name: str, array: np.ndarray) -> dict[str, Any]:
+        """Move ``name`` into the cache if ``array`` is the file made for it; else save a copy.
+        Returns the manifest's entry for it."""
+        target = self.path / f"{name}.npy"
+        made = self.files.pop(name, None)
+        if made is None or not np.shares_memory(made[0], array):
+            if made is not None:
+                made[1].unlink(missing_ok=True)
+            return _write_array(target, array)
+        mapped, tmp = made
+        mapped.flush()
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        del mapped
+        os.replace(tmp, target)
+        spec = {"shape": list(array.shape), "dtype": str(array.dtype)}
+        return {**spec, "file_bytes": target.stat().st_size}
+
+    def discard(self) -> None:
+        """Delete the temporary files not stored (a failed load)."""
+        for _, tmp in self.files.values():
+            tmp.unlink(missing_ok=True)
+        self.files.clear()
+
+
+def write_cache(
+    path: Path,
+    name: str,
+    raw: RawData,
+    sources: list[dict[str, Any]],
+    files: FileArrays | None = None,
+) -> None:
+    """Write ``raw`` (its pool and test split, each a `TensorImageDataset`) into ``path``,
+    moving arrays the loader built in ``files`` instead of copying them; the manifest last.
+    Call it holding the cache's lock, after `clear_for_writing`."""
+    files = files or FileArrays(path)
     arrays: dict[str, Any] = {}
     for split, dataset in zip(SPLITS, (raw.pool, raw.test), strict=True):
         if dataset is None:
             continue
-        arrays[f"{split}_images"] = _write_array(
-            path / f"{split}_images.npy", dataset.images.numpy()
-        )
-        arrays[f"{split}_labels"] = _write_array(
-            path / f"{split}_labels.npy", dataset.labels.numpy()
-        )
+        arrays[f"{split}_images"] = files.store(f"{split}_images", dataset.images.numpy())
+        arrays[f"{split}_labels"] = files.store(f"{split}_labels", dataset.labels.numpy())
     shape = list(raw.pool.images.shape[1:])
     manifest = {
         "layout": LAYOUT_VERSION,
@@ -354,7 +416,13 @@ def prepare(
         if reason != "not prepared yet":
             log(f"rebuilding the prepared {name} in {path}: {reason}")
         started = time.perf_counter()
-        write_cache(path, name, SOURCES[name].load(req), sources)
+        clear_for_writing(path)
+        files = FileArrays(path)
+        try:
+            raw = SOURCES[name].load(dataclasses.replace(req, allocate=files))
+            write_cache(path, name, raw, sources, files)
+        finally:
+            files.discard()
         log(f"prepared {name} in {path} ({time.perf_counter() - started:.1f} s)")
 
     build_once(path, _checker(name, req, path), build, FIX)

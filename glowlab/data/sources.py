@@ -78,13 +78,23 @@ class TensorImageDataset(Dataset):
 
 @dataclass(frozen=True)
 class Request:
-    """What a loader needs: where to look and the resolved image format."""
+    """What a loader needs: where to look and the resolved image format. ``allocate(name,
+    shape, dtype)`` gives the arrays a loader assembles from many files (``np.empty`` when
+    ``None``); `glowlab.data.cache` passes one that creates the cache's files, so preparing
+    ImageNet never holds the whole dataset in memory."""
 
     root: Path
     image_size: int
     channels: int
     download: bool
     seed: int
+    allocate: Callable[[str, tuple[int, ...], np.dtype], np.ndarray] | None = None
+
+    def array(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A new array ``name`` (e.g. ``pool_images``) to fill, from ``allocate``."""
+        if self.allocate is None:
+            return np.empty(shape, dtype=dtype)
+        return self.allocate(name, shape, np.dtype(dtype))
 
 
 @dataclass(frozen=True)
@@ -309,11 +319,15 @@ def _npz_arrays(path: Path, keys: Sequence[str]) -> list[np.ndarray]:
         raise ValueError(f"{path} is not a valid downsampled-ImageNet npz file ({err!r})") from err
 
 
-def _read_imagenet(paths: Sequence[Path], size: int) -> TensorImageDataset:
-    """Concatenate npz batches (``data`` (N, 3*S*S) uint8 channel-major, ``labels`` 1-based)."""
+def _read_imagenet(
+    paths: Sequence[Path], size: int, req: Request, split: str
+) -> TensorImageDataset:
+    """Concatenate npz batches (``data`` (N, 3*S*S) uint8 channel-major, ``labels`` 1-based)
+    into arrays ``<split>_images`` (N, 3, S, S) and ``<split>_labels`` from ``req.array``."""
     counts = [len(_npz_arrays(p, ["labels"])[0]) for p in paths]
-    images = np.empty((sum(counts), 3 * size * size), dtype=np.uint8)
-    labels = np.empty(sum(counts), dtype=np.int64)
+    images_4d = req.array(f"{split}_images", (sum(counts), 3, size, size), np.uint8)
+    images = images_4d.reshape(sum(counts), 3 * size * size)
+    labels = req.array(f"{split}_labels", (sum(counts),), np.int64)
     start = 0
     for path, count in zip(paths, counts, strict=True):
         data, target = _npz_arrays(path, ["data", "labels"])
@@ -327,8 +341,7 @@ def _read_imagenet(paths: Sequence[Path], size: int) -> TensorImageDataset:
         images[start : start + count] = data
         labels[start : start + count] = target - 1
         start += count
-    images_t = torch.from_numpy(images).view(-1, 3, size, size)
-    return TensorImageDataset(images_t, torch.from_numpy(labels))
+    return TensorImageDataset(torch.from_numpy(images_4d), torch.from_numpy(labels))
 
 
 def _imagenet_files(req: Request, size: int) -> list[Path]:
@@ -353,8 +366,8 @@ def _imagenet_files(req: Request, size: int) -> list[Path]:
 def _load_imagenet(req: Request, size: int) -> RawData:
     paths = _imagenet_files(req, size)
     return RawData(
-        pool=_read_imagenet(paths[:-1], size),
-        test=_read_imagenet(paths[-1:], size),
+        pool=_read_imagenet(paths[:-1], size, req, "pool"),
+        test=_read_imagenet(paths[-1:], size, req, "test"),
         num_classes=1000,
     )
 
