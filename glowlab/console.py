@@ -29,6 +29,11 @@ NOISE = {
         r"TPU available: ",
         r"💡 Tip: .*litlogger",
         r"Loading `train_dataloader` to estimate number of stepping batches",
+        r"`Trainer.fit` stopped: ",  # glowlab's summary gives the steps and any early stop
+        # glowlab says itself which checkpoint it resumes from and which one it tests
+        r"Restoring states from the checkpoint path at ",
+        r"Restored all states from the checkpoint at ",
+        r"Loaded model weights from the checkpoint at ",
     ),
     "lightning.fabric.utilities.seed": (r"Seed set to ",),
 }

@@ -220,6 +220,8 @@ def fit_and_test(cfg: DictConfig, run: RunObjects) -> dict[str, Any]:
         check_resume(cfg, ckpt_path, run.model)
     if cfg.get("init_weights") is not None:
         start_from_weights(cfg, run.model)
+    if ckpt_path is not None and cfg.train:
+        say(f"glowlab: resuming from {ckpt_path} (step {checkpoint_step(ckpt_path)})", log)
     if cfg.train:
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -305,6 +307,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         say(f"glowlab: {summary} | steps {metrics['steps']} | {metrics['wall_time_s']:.0f} s", log)
         if budget_line(metrics):
             say(budget_line(metrics), log)
+        if "test_checkpoint" in metrics:
+            tested = metrics["test_checkpoint"] or "the final weights (no validation ran)"
+            say(f"glowlab: tested {tested}", log)
         say(f"glowlab: run dir {cfg.paths.output_dir}", log)
         if metrics.get("sample_grid"):
             say(f"glowlab: sample grid {metrics['sample_grid']}", log)

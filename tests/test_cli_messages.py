@@ -186,9 +186,11 @@ def test_noise_filters_drop_only_the_listed_lines(caplog: pytest.LogCaptureFixtu
     with caplog.at_level(logging.INFO):
         rank_zero.info("GPU available: False, used: False")
         rank_zero.info("`Trainer.fit` stopped: `max_steps=3` reached.")
+        rank_zero.info("Restoring states from the checkpoint path at /x/last.ckpt")
+        rank_zero.info("Trainer will use only 1 of 2 GPUs because it is running inside an IDE")
         logging.getLogger("lightning.fabric.utilities.seed").info("Seed set to 0")
     assert [r.getMessage() for r in caplog.records] == [
-        "`Trainer.fit` stopped: `max_steps=3` reached."
+        "Trainer will use only 1 of 2 GPUs because it is running inside an IDE"
     ]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")

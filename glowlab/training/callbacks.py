@@ -323,6 +323,12 @@ class GuardedModelCheckpoint(ModelCheckpoint):
         if Path(filepath).stem.startswith(self.CHECKPOINT_NAME_LAST):
             self.last_saved_step = trainer.global_step
 
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        # No validation has run yet (a run shorter than an epoch and its validation
+        # interval): there is no best to keep, and nothing to warn about; last.ckpt is written.
+        if self.monitor is None or self.monitor in monitor_candidates:
+            super()._save_topk_checkpoint(trainer, monitor_candidates)
+
     def save_last_now(self, trainer: L.Trainer) -> str | None:
         """Write ``last.ckpt`` now (no effect on when the best checkpoint is written)."""
         if not self.save_last or trainer.fast_dev_run or trainer.sanity_checking:
