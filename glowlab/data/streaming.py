@@ -8,7 +8,8 @@ into ``<dir>/pool`` and ``<dir>/test``; each item is ``{"index": i, "image": uin
 mapped readers, and a mid-epoch resume is exact for the same reason. (litdata's
 ``StreamingDataLoader`` shuffles chunk by chunk in its own order, which would give other batches
 than the raw reader for the same seed.) Remote chunks are downloaded on first use into a local
-folder, evicting the oldest past ``max_cache_size``.
+folder, which litdata keeps under its default budget (75 % of the free disk) by evicting chunks;
+random access touches every chunk each epoch, so give that folder room for the whole dataset.
 
 A local directory gets a ``manifest.json`` (the cache's manifest plus the chunk layout), written
 last, so a partial or stale conversion is detected and redone like a partial cache.
