@@ -31,16 +31,6 @@ def write_json(path: Path, summary: dict[str, Any]) -> None:
     write_text(path, json.dumps(summary, indent=2) + "\n", what="summary")
 
 
-def check_int(option: str, value: Any, low: int, optional: bool = False) -> None:
-    """Raise ``ValueError`` naming ``option`` unless ``value`` is an integer ``>= low``
-    (or ``None`` when ``optional``)."""
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        fix = f"pass {option}=<integer >= {low}>" + (" or leave it null" if optional else "")
-        raise ValueError(f"{option}={value!r} must be an integer >= {low}; {fix}")
-
-
 def check_device(device: Any) -> str:
     """``device`` if this machine has it (``auto`` always); else ``ValueError`` saying what
     to use instead."""

@@ -27,10 +27,11 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from glowlab.cli import hydra_app, run_cli
+from glowlab.console import say
 from glowlab.data import ImageDataModule
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.outputs import save_image, write_text
-from glowlab.tools.cli import check_ckpt, check_device, check_int, output_dir, write_json
+from glowlab.tools.cli import check_ckpt, check_device, output_dir, write_json
 from glowlab.tools.likelihood import (
     IMPORTANCE_WEIGHTED,
     IMPORTANCE_WEIGHTED_ABSENT,
@@ -40,6 +41,7 @@ from glowlab.tools.likelihood import (
 from glowlab.tools.loading import build_datamodule, load_flow, model_labels, split_loader
 from glowlab.tools.plots import histogram
 from glowlab.tools.progress import track
+from glowlab.validation import check_int
 
 log = logging.getLogger("glowlab.eval")
 
@@ -152,7 +154,7 @@ def write_per_image_csv(
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The app: evaluate ``cfg.ckpt`` on ``cfg.split`` and write the outputs to the run dir."""
     started = time.perf_counter()
-    check_int("max_images", cfg.max_images, 1, optional=True)
+    check_int("max_images", cfg.max_images, optional=True)
     model, run_config = load_flow(check_ckpt(cfg.ckpt), check_device(cfg.device))
     datamodule = build_datamodule(run_config, cfg.get("data"), model)
     result = evaluate(
@@ -179,11 +181,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"importance-weighted bpd {result['importance_weighted_bpd']:.4f} ± "
             f"{result['importance_weighted_bpd_sem']:.4f}"
         )
-    print(
+    say(
         f"glowlab-eval: {cfg.split} {name} {result[name]:.4f} ± {result[name + '_sem']:.4f} "
         f"({result['bound']}, samples={cfg.samples}, {result['images']} images; "
         f"{weighted_text}) | reconstruction max |Δv| {result['recon_max_abs']:.2e}, "
-        f"{result['recon_pixel_errors']} pixels off | {out / 'eval.json'}"
+        f"{result['recon_pixel_errors']} pixels off | {out / 'eval.json'}",
+        log,
     )
     return result
 

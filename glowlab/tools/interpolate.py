@@ -24,9 +24,10 @@ from torch import Tensor
 from torchvision.transforms.functional import to_pil_image
 
 from glowlab.cli import hydra_app, run_cli
+from glowlab.console import say
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.outputs import save_image
-from glowlab.tools.cli import check_ckpt, check_device, output_dir, write_json
+from glowlab.tools.cli import check_ckpt, check_device, log, output_dir, write_json
 from glowlab.tools.images import read_images
 from glowlab.tools.loading import (
     build_datamodule,
@@ -162,7 +163,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "files": [str(p) for p in files],
     }
     write_json(out / "interpolate.json", summary)
-    print(f"glowlab-interpolate: {cfg.steps} steps ({cfg.mode}) | {files[0]}")
+    say(f"glowlab-interpolate: {cfg.steps} steps ({cfg.mode}) | {files[0]}", log)
     return summary
 
 

@@ -22,9 +22,10 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from glowlab.cli import hydra_app, run_cli
+from glowlab.console import say
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.outputs import save_image
-from glowlab.tools.cli import as_list, check_ckpt, check_device, check_int, output_dir, write_json
+from glowlab.tools.cli import as_list, check_ckpt, check_device, log, output_dir, write_json
 from glowlab.tools.loading import (
     build_datamodule,
     images_at,
@@ -35,6 +36,7 @@ from glowlab.tools.loading import (
 )
 from glowlab.tools.plots import labelled_grid
 from glowlab.tools.progress import track
+from glowlab.validation import check_int
 
 
 @torch.no_grad()
@@ -99,8 +101,8 @@ def manipulate(
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The app: build the direction from ``cfg.split`` and apply it to ``cfg.indices``."""
     for option in ("class_a", "class_b"):
-        check_int(option, cfg[option], 0)
-    check_int("max_images", cfg.max_images, 1)
+        check_int(option, cfg[option], low=0)
+    check_int("max_images", cfg.max_images)
     model, run_config = load_flow(check_ckpt(cfg.ckpt), check_device(cfg.device))
     datamodule = build_datamodule(run_config, cfg.get("data"), model)
     dataset = split_dataset(datamodule, cfg.split)
@@ -134,7 +136,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "files": [str(out / "manipulation.png")],
     }
     write_json(out / "manipulate.json", summary)
-    print(f"glowlab-manipulate: {len(x)} images x {len(alphas)} alphas | {summary['files'][0]}")
+    say(f"glowlab-manipulate: {len(x)} images x {len(alphas)} alphas | {summary['files'][0]}", log)
     return summary
 
 

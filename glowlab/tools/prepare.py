@@ -23,10 +23,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from glowlab.cli import run_cli
+from glowlab.console import say
 from glowlab.data import cache, streaming
 from glowlab.data.datamodule import ImageDataModule
-from glowlab.tools.cli import check_int, output_dir, write_json
+from glowlab.tools.cli import output_dir, write_json
 from glowlab.train import CONFIG_DIR
+from glowlab.validation import check_int
 
 log = logging.getLogger("glowlab.tools")
 
@@ -43,7 +45,7 @@ def prepare(datamodule: ImageDataModule, force: bool = False, num_workers: int =
             "data.format=raw reads the source files directly, so there is nothing to prepare; "
             "pass data.format=memmap or data.format=litdata"
         )
-    check_int("num_workers", num_workers, 1)
+    check_int("num_workers", num_workers)
     req = datamodule.request()
     path = cache.cache_path(datamodule.cache_dir, datamodule.name, req)
     if force and (path / cache.MANIFEST).exists():
@@ -79,9 +81,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     write_json(output_dir(cfg) / "prepare.json", summary)
     counts = " + ".join(f"{n:,} {s}" for s, n in summary["images"].items())
     where = summary.get("litdata", summary["cache"])
-    print(
+    say(
         f"glowlab-prepare: {summary['dataset']} {'x'.join(map(str, summary['shape']))}, "
-        f"{counts} images | {where}"
+        f"{counts} images | {where}",
+        log,
     )
     return summary
 

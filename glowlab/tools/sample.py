@@ -24,15 +24,16 @@ from torch import Tensor
 
 from glowlab.bijections.tarflow import INVERSIONS, configure_sampling, tarflow_blocks
 from glowlab.cli import hydra_app, run_cli
+from glowlab.console import say
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.outputs import save_image
 from glowlab.sampling import check_guidance
-from glowlab.tools.cli import as_list, check_ckpt, check_device, check_int, output_dir, write_json
+from glowlab.tools.cli import as_list, check_ckpt, check_device, log, output_dir, write_json
 from glowlab.tools.loading import load_flow
 from glowlab.tools.plots import labelled_grid
 from glowlab.tools.progress import track
 from glowlab.training.callbacks import image_grid
-from glowlab.validation import choose
+from glowlab.validation import check_int, choose
 
 Label = int | str | None
 
@@ -97,7 +98,7 @@ def sample_grids(
     total = n if labels is None else len(labels)
     device = next(model.parameters()).device
     eps = model.latent_noise(total, seed)
-    check_int("batch_size", batch_size, 1)
+    check_int("batch_size", batch_size)
     grids = {}
     for t in temperatures:
         chunks = []
@@ -178,7 +179,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if blocks[0].inversion == "jacobi":  # of the last batch, per block in model order
             summary["jacobi_iterations"] = [b.last_jacobi_iterations for b in blocks]
     write_json(out / "sample.json", summary)
-    print(f"glowlab-sample: {len(temperatures)} grids of {cfg.n} samples | {paths[-1]}")
+    say(f"glowlab-sample: {len(temperatures)} grids of {cfg.n} samples | {paths[-1]}", log)
     return summary
 
 

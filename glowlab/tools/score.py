@@ -31,15 +31,17 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from glowlab.cli import hydra_app, run_cli
+from glowlab.console import say
 from glowlab.data import ImageDataModule
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.outputs import save_image, write_text
-from glowlab.tools.cli import check_ckpt, check_device, check_int, output_dir, write_json
+from glowlab.tools.cli import check_ckpt, check_device, log, output_dir, write_json
 from glowlab.tools.images import image_files, read_images
 from glowlab.tools.likelihood import per_image_bpd
 from glowlab.tools.loading import SPLITS, build_datamodule, file_labels, load_flow, split_loader
 from glowlab.tools.metrics import auroc
 from glowlab.tools.plots import histogram
+from glowlab.validation import check_int
 
 
 def typicality(bpd: Tensor, train_mean_bpd: float) -> Tensor:
@@ -83,7 +85,7 @@ def score_files(
     """Bits per dim, float64 ``(N,)``, of image files (read, resized and converted by
     ``read_images``); ``y`` labels them for a class-conditional model; ``progress`` draws a
     bar over the batches."""
-    check_int("batch_size", batch_size, 1)
+    check_int("batch_size", batch_size)
     x = read_images(paths, model.image_shape, model.n_bits)
     labels = file_labels(model, len(x), y)
     labels = torch.zeros(len(x), dtype=torch.long) if labels is None else labels
@@ -129,8 +131,8 @@ def write_scores_csv(path: Path, groups: Sequence[Scored], train_mean: float | N
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The app: score ``cfg.inputs`` (and ``cfg.reference``) and write the report."""
-    check_int("train_images", cfg.train_images, 1)
-    check_int("max_images", cfg.max_images, 1, optional=True)
+    check_int("train_images", cfg.train_images)
+    check_int("max_images", cfg.max_images, optional=True)
     model, run_config = load_flow(check_ckpt(cfg.ckpt), check_device(cfg.device))
     data = functools.cache(lambda: build_datamodule(run_config, cfg.get("data"), model))
     groups = [_score(cfg, model, data, cfg.inputs, "inputs", cfg.max_images)]
@@ -170,7 +172,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f" vs reference {summary['mean_bpd_reference']:.4f} | AUROC bpd "
             f"{summary['auroc_bpd']:.3f}, typicality {summary['auroc_typicality']:.3f}"
         )
-    print(f"{line} | {out / 'scores.csv'}")
+    say(f"{line} | {out / 'scores.csv'}", log)
     return summary
 
 
