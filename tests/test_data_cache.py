@@ -25,6 +25,7 @@ from filelock import FileLock
 from glowlab.data import cache
 from glowlab.data.datamodule import ImageDataModule
 from glowlab.data.sources import DatasetNotFoundError
+from glowlab.outputs import OutputWriteError
 from glowlab.tools.prepare import prepare
 from glowlab.training.checkpoints import load_checkpoint
 from glowlab.training.data_order import resumable_loader
@@ -211,10 +212,11 @@ def test_a_cache_that_cannot_be_written_is_refused_in_one_line(tmp_path: Path) -
     make_idx_set(root, n_train=60, n_test=10)
     (tmp_path / "afile").write_text("")
     dm = _module("mnist", root, "memmap", tmp_path / "afile" / "cache")
-    with pytest.raises(cache.CacheError) as refused:
+    with pytest.raises(OutputWriteError) as refused:
         dm.setup()
     message = str(refused.value)
     assert "\n" not in message and "set data.cache_dir=" in message and "not prepared" in message
+    assert "is not writable (a part of the path is a file, not a folder)" in message
 
 
 def test_a_copied_cache_without_its_sources_is_used(tmp_path: Path) -> None:

@@ -45,6 +45,7 @@ from torch.utils.data import Dataset
 
 import glowlab
 from glowlab.data.sources import SOURCES, DatasetNotFoundError, RawData, Request
+from glowlab.outputs import check_writable
 
 LAYOUT_VERSION = 1  # bump when the files or their meaning change: older caches are rebuilt
 MANIFEST = "manifest.json"
@@ -266,17 +267,6 @@ def _running(pid: int) -> bool:
     return True
 
 
-def check_writable(folder: Path, fix: str) -> None:
-    """Create ``folder`` and check a file can be written there; `CacheError` naming ``fix``."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = _temporary(folder / ".write-test")
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise CacheError(f"cannot write in {folder} ({err.strerror}); {fix}") from None
-
-
 class FileArrays:
     """`Request.allocate` for preparing: each array a loader assembles is created as the
     cache's temporary ``.npy`` (``np.lib.format.open_memmap``), filled in place and later
@@ -364,11 +354,11 @@ def build_once(
 
     Holds ``<path>.lock`` while checking again and building, so concurrent callers (ranks,
     nodes sharing a filesystem) wait for one writer and then find its result complete.
-    `CacheError` naming ``fix`` when ``path`` cannot be written."""
+    ``OutputWriteError`` naming ``fix`` when ``path`` cannot be written."""
     reason = check()
     if reason is None:
         return
-    check_writable(path, f"it is {reason}; {fix}")
+    check_writable([path], f"the cache there is {reason}; {fix}")
     with FileLock(f"{path}.lock"):
         reason = check()
         if reason is not None:

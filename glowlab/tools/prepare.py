@@ -26,6 +26,7 @@ from glowlab.cli import run_cli
 from glowlab.console import say
 from glowlab.data import cache, streaming
 from glowlab.data.datamodule import ImageDataModule
+from glowlab.outputs import check_writable
 from glowlab.tools.cli import output_dir, write_json
 from glowlab.train import CONFIG_DIR
 from glowlab.validation import check_int
@@ -49,7 +50,7 @@ def prepare(datamodule: ImageDataModule, force: bool = False, num_workers: int =
     req = datamodule.request()
     path = cache.cache_path(datamodule.cache_dir, datamodule.name, req)
     if force and (path / cache.MANIFEST).exists():
-        cache.check_writable(path, cache.FIX)
+        check_writable([path], cache.FIX)
         (path / cache.MANIFEST).unlink()
     info = cache.prepare(datamodule.name, req, datamodule.cache_dir, log.info)
     arrays = info.manifest["arrays"]

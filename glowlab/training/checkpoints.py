@@ -11,8 +11,12 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from glowlab.outputs import write_atomic
 
-# Keys of the data config that change neither the model nor the training data order.
-SAFE_DATA_KEYS = frozenset({"root", "download", "num_workers", "eval_batch_size"})
+# Keys of the data config that change neither the model nor the training data order (the
+# readers of data.format give the same batches; tests/test_data_cache.py).
+SAFE_DATA_KEYS = frozenset(
+    {"root", "download", "num_workers", "eval_batch_size"}
+    | {"format", "cache_dir", "cache_fallback", "stream_dir"}
+)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
