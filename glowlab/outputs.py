@@ -36,8 +36,13 @@ REASONS = {
 class OutputWriteError(OSError, ValueError):
     """A file could not be written; the previous version of it (if any) is unchanged.
 
-    ``OutputWriteError(errno, message)``; ``str()`` is the message alone (no ``[Errno N]``).
+    ``OutputWriteError(errno, message, failure)``: ``str()`` is the message alone (no
+    ``[Errno N]``); ``failure`` is its first part, what failed and why, without the advice.
     """
+
+    def __init__(self, errno_: int | None, message: str, failure: str | None = None) -> None:
+        super().__init__(errno_, message)
+        self.failure = failure or message
 
     def __str__(self) -> str:
         return self.strerror or super().__str__()
@@ -68,13 +73,27 @@ def write_atomic(
             os.fsync(file.fileno())
         os.replace(tmp, target)
         _fsync_dir(target.parent)
-    except OSError as error:
+    except Exception as failure:
         with suppress(OSError):
             tmp.unlink(missing_ok=True)
-        raise OutputWriteError(
-            error.errno, f"could not write {what} {target} ({reason(error)}); {advice}"
-        ) from None
+        error = _os_error(failure)
+        if error is None:
+            raise
+        failed = f"could not write {what} {target} ({reason(error)})"
+        raise OutputWriteError(error.errno, f"{failed}; {advice}", failed) from None
     return target
+
+
+def _os_error(failure: BaseException) -> OSError | None:
+    """The ``OSError`` behind ``failure``: itself, or one it was raised from or while handling
+    (``torch.save`` turns a full disk into a ``RuntimeError`` raised during the ``OSError``)."""
+    seen = set()
+    while failure is not None and id(failure) not in seen:
+        if isinstance(failure, OSError):
+            return failure
+        seen.add(id(failure))
+        failure = failure.__cause__ or failure.__context__
+    return None
 
 
 def write_text(path: str | Path, text: str, what: str = "file") -> Path:

@@ -175,10 +175,10 @@ def _write_failed_message(cfg: DictConfig, error: OutputWriteError) -> str:
     last = (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").resolve()
     saved = checkpoint_step(last) if last.is_file() else None
     if saved is None:
-        return f"{error.strerror}. Training stopped before any checkpoint was written"
+        return f"{error.failure}; training stopped before any checkpoint was written"
     return (
-        f"{error.strerror}. Training stopped; {last} holds step {saved}: once the disk is "
-        f"fixed, resume with: {resume_command(cfg, str(last))}"
+        f"{error.failure}; training stopped, {last} holds step {saved}: free space (or fix "
+        f"permissions), then resume with: {resume_command(cfg, str(last))}"
     )
 
 
@@ -231,7 +231,8 @@ def fit_and_test(cfg: DictConfig, run: RunObjects) -> dict[str, Any]:
                 raise
             stop_interrupted(cfg, stop)
         except OutputWriteError as error:
-            raise OutputWriteError(error.errno, _write_failed_message(cfg, error)) from None
+            message = _write_failed_message(cfg, error)
+            raise OutputWriteError(error.errno, message, error.failure) from None
         except NonFiniteLossError as error:
             first = module.resumed_step or 0
             raise FloatingPointError(_nonfinite_message(cfg, error, first)) from None

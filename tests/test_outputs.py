@@ -100,3 +100,53 @@ def test_a_tool_on_a_full_disk_fails_in_one_line(
         save_sample_figures(grids, 8, tmp_path)
     monkeypatch.undo()
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+class _FullAfter:
+    """A binary file that takes ``room`` bytes, then fails every write with ENOSPC."""
+
+    def __init__(self, file, room: int) -> None:
+        self.file, self.room = file, room
+
+    def write(self, data) -> int:
+        if self.room < len(data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+
+def test_a_checkpoint_on_a_disk_that_fills_during_torch_save_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.save raises a RuntimeError (its zip writer) while handling the ENOSPC of a write:
+    still one OutputWriteError saying the disk is full, and the old file kept."""
+    target = tmp_path / "last.ckpt"
+    outputs.write_atomic(target, lambda f: torch.save({"w": torch.zeros(4)}, f), "checkpoint")
+    real_open = open
+    monkeypatch.setattr(
+        outputs, "open", lambda path, mode: _FullAfter(real_open(path, mode), 1000), raising=False
+    )
+    big = {"w": torch.zeros(100_000)}
+    with pytest.raises(outputs.OutputWriteError, match=r"last.ckpt \(the disk is full\)"):
+        outputs.write_atomic(target, lambda f: torch.save(big, f), "checkpoint")
+    monkeypatch.undo()
+    assert torch.equal(torch.load(target)["w"], torch.zeros(4))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_bug_in_a_writer_keeps_its_traceback(tmp_path: Path) -> None:
+    def broken(file) -> None:
+        raise KeyError("not a disk problem")
+
+    with pytest.raises(KeyError):
+        outputs.write_atomic(tmp_path / "x.bin", broken)
+    assert not list(tmp_path.iterdir())

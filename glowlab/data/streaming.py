@@ -241,11 +241,20 @@ def open_litdata(
     try:
         pool = split("pool")
         test = split("test")
+    except CacheError:
+        raise
     except (FileNotFoundError, ValueError, AssertionError) as err:
-        if isinstance(err, CacheError):
-            raise
         raise CacheError(
             f"no litdata chunks at {base}/pool and {base}/test ({err}); write them with "
             f"glowlab-prepare format=litdata output={base}, or set data.stream_dir"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - a remote store's client raises its own types
+        if not remote:
+            raise
+        first = next(iter(str(err).splitlines()), "")
+        raise CacheError(
+            f"cannot read the litdata chunks at {base} ({type(err).__name__}: {first[:200]}); "
+            "check the store's credentials (e.g. AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS) "
+            "and the network, or set data.stream_dir to a local folder"
         ) from None
     return RawData(pool=pool, test=test, num_classes=num_classes)

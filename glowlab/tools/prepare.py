@@ -18,17 +18,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from glowlab.cli import run_cli
+from glowlab.cli import hydra_app, run_cli
 from glowlab.console import say
 from glowlab.data import cache, streaming
 from glowlab.data.datamodule import ImageDataModule
 from glowlab.outputs import check_writable
 from glowlab.tools.cli import output_dir, write_json
-from glowlab.train import CONFIG_DIR
 from glowlab.validation import check_int
 
 log = logging.getLogger("glowlab.tools")
@@ -90,7 +88,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="prepare")
+@hydra_app("glowlab-prepare", "prepare")
 def main(cfg: DictConfig) -> dict[str, Any]:
     return run_cli("glowlab-prepare", run, cfg)
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -45,6 +47,26 @@ def check_config(cfg: DictConfig) -> None:
     range (``glowlab.options``, also for ``train(cfg)`` called from Python), the bit depth."""
     check_options(cfg)
     check_n_bits(cfg)
+    check_trainer(cfg.trainer)
+
+
+def check_trainer(trainer: DictConfig) -> None:
+    """An accelerator this machine lacks, or a ``max_time`` Lightning cannot read, is refused
+    naming the key (Lightning's own messages name neither)."""
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"trainer.accelerator={accelerator} but no CUDA GPU is visible on this machine; use "
+            "trainer=cpu (or trainer.accelerator=auto)"
+        )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("trainer.accelerator=mps but MPS is not available here; use trainer=cpu")
+    max_time = trainer.get("max_time")
+    if isinstance(max_time, str) and not re.fullmatch(r"\d+:\d\d:\d\d:\d\d", max_time):
+        raise ValueError(
+            f"trainer.max_time={max_time!r} is not a duration DD:HH:MM:SS; pass e.g. "
+            'trainer.max_time="00:01:30:00" (1 h 30 min) or null'
+        )
 
 
 def _overridden(key: str) -> bool:
