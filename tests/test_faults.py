@@ -68,45 +68,31 @@ class _DiskFullFrom(L.Callback):
             self.monkeypatch.setattr(outputs.os, "fsync", full)
 
 
-def test_full_disk_stops_with_one_line_and_keeps_the_previous_checkpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("callbacks", "first_failure"),
+    [([], "sample grid"), (["callbacks.sample_grid=null"], "checkpoint")],
+    ids=["default-callbacks", "no-sample-grid"],
+)
+def test_full_disk_is_one_line_with_the_resume_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, callbacks, first_failure
 ) -> None:
-    cfg = compose_run(
-        tmp_path, [*TINY, "logger=csv", "callbacks.model_checkpoint.last_every_n_steps=2"]
-    )
-    run = build_run(cfg)
-    run.trainer.callbacks.insert(0, _DiskFullFrom(3, monkeypatch))
-    with pytest.raises(OutputWriteError) as raised:
-        fit_and_test(cfg, run)
-    message = str(user_error(raised.value))
-    assert "disk is full" in message and "last.ckpt" in message and "\n" not in message
-    assert "holds step 2" in message and "resume with: glowlab-train" in message
-    monkeypatch.undo()
-    ckpt_dir = tmp_path / "checkpoints"
-    assert load_checkpoint(ckpt_dir / "last.ckpt")["global_step"] == 2
-    assert not list(ckpt_dir.glob(".*.tmp"))  # no half-written file left behind
-
-
-def test_full_disk_at_a_sample_grid_is_one_line_with_the_resume_command(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Default callbacks, 4 batches in the epoch, the disk full from step 3: the epoch-end
-    validation's sample grid is the first write that fails. One line naming the grid, the
-    reason and the resume command; last.ckpt of step 2 intact, no temporary file left."""
-    cfg = compose_run(
-        tmp_path, [*TINY, "logger=csv", "callbacks.model_checkpoint.last_every_n_steps=2"]
-    )
+    """4 batches in the epoch, last.ckpt every 2 steps, the disk full from step 3: the first
+    write that fails is the epoch-end validation's sample grid (default callbacks) or, without
+    it, the step-4 last.ckpt. One line naming that file, the reason and the resume command;
+    last.ckpt of step 2 intact, no temporary file left."""
+    overrides = [*TINY, "logger=csv", "callbacks.model_checkpoint.last_every_n_steps=2"]
+    cfg = compose_run(tmp_path, [*overrides, *callbacks])
     run = build_run(cfg)
     run.trainer.callbacks.insert(0, _DiskFullFrom(3, monkeypatch))
     with pytest.raises(OutputWriteError) as raised:
         fit_and_test(cfg, run)
     message = str(user_error(raised.value))
     monkeypatch.undo()
-    assert message.startswith("could not write sample grid ") and "\n" not in message
+    assert message.startswith(f"could not write {first_failure} ") and "\n" not in message
     assert "(the disk is full)" in message and "holds step 2" in message
     assert "resume with: glowlab-train" in message
     assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 2
-    assert not list(tmp_path.rglob(".*.tmp"))
+    assert not list(tmp_path.rglob(".*.tmp"))  # no half-written file left behind
 
 
 def test_empty_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
