@@ -372,18 +372,21 @@ def test_prepare_writes_a_cache_that_training_maps(tmp_path: Path) -> None:
 PREPARE = str(Path(sys.executable).with_name("glowlab-prepare"))
 
 
+MISSING_ROOT = "/nowhere/glowlab-test-data"
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
         (["data=synthetic"], "synthetic is read file by file"),
-        (["data=cifar10", "data.root=/nowhere"], "CIFAR-10 not found"),
+        (["data=cifar10", f"data.root={MISSING_ROOT}"], "CIFAR-10 not found"),
         (["data=mnist", "data.format=raw"], "nothing to prepare"),
         (["data=mnist", "data.format=parquet"], "set data.format to raw, memmap, litdata"),
         (["data=mnist", "num_workers=0"], "num_workers=0 must be an integer >= 1"),
     ],
 )
 def test_glowlab_prepare_bad_input_is_one_line(tmp_path: Path, args, expected: str) -> None:
-    if "data.root=/nowhere" not in args and args[0] != "data=synthetic":
+    if f"data.root={MISSING_ROOT}" not in args and args[0] != "data=synthetic":
         make_idx_set(tmp_path / "mnist", n_train=20, n_test=5)
         args = [*args, f"data.root={tmp_path / 'mnist'}"]
     done = subprocess.run(
@@ -393,3 +396,4 @@ def test_glowlab_prepare_bad_input_is_one_line(tmp_path: Path, args, expected: s
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("glowlab-prepare: error: "), done.stderr
     assert expected in lines[0]
+    assert not Path(MISSING_ROOT).exists()  # no cache folder made for data that is not there

@@ -415,7 +415,10 @@ def prepare(
             files.discard()
         log(f"prepared {name} in {path} ({time.perf_counter() - started:.1f} s)")
 
-    build_once(path, _checker(name, req, path), build, FIX)
+    check = _checker(name, req, path)
+    if check() is not None and source_fingerprints(name, req) is None:
+        SOURCES[name].files(req)  # no cache and no data: say so before making any folder
+    build_once(path, check, build, FIX)
     return CacheInfo(path, read_manifest(path))
 
 
