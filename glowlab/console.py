@@ -30,6 +30,7 @@ NOISE = {
         r"💡 Tip: .*litlogger",
         r"Loading `train_dataloader` to estimate number of stepping batches",
         r"`Trainer.fit` stopped: ",  # glowlab's summary gives the steps and any early stop
+        r"Time limit reached\. ",  # ... and glowlab's budget line says max_time cut the run
         # glowlab says itself which checkpoint it resumes from and which one it tests
         r"Restoring states from the checkpoint path at ",
         r"Restored all states from the checkpoint at ",
