@@ -183,7 +183,7 @@ def test_cuda_without_cuda_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_folder_as_checkpoint_names_a_file_inside(tmp_path: Path) -> None:
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"")
-    with pytest.raises(ValueError, match=r"is a folder, not a checkpoint file; .*last\.ckpt"):
+    with pytest.raises(ValueError, match=r"is a folder, not a file; .*last\.ckpt"):
         check_ckpt(tmp_path / "run")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no .ckpt file"):

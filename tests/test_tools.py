@@ -265,7 +265,7 @@ def test_bad_inputs_exit_with_one_clear_line(ckpt, tmp_path: Path) -> None:
         ),
         (score, "score", [f"ckpt={ckpt}", f"inputs={tmp_path / 'empty'}"], "holds no image files"),
         (score, "score", [f"ckpt={ckpt}", "inputs=test", "max_images=0"], "max_images=0 must be"),
-        (evaluate, "eval", [f"ckpt={ckpt.parent}"], "is a folder, not a checkpoint file"),
+        (evaluate, "eval", [f"ckpt={ckpt.parent}"], "is a folder, not a file"),
         (evaluate, "eval", [f"ckpt={ckpt}", "samples=abc"], "samples='abc' is not an integer"),
         (evaluate, "eval", [f"ckpt={ckpt}", "device=tpu"], "device='tpu' is not a device"),
         (sample, "sample", [f"ckpt={ckpt}", "n=0"], "n=0 must be an integer >= 1"),

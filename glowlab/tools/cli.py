@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, ListConfig
 
 from glowlab.outputs import write_text
+from glowlab.training.checkpoints import folder_message
 
 log = logging.getLogger("glowlab.tools")
 
@@ -66,7 +67,5 @@ def check_ckpt(ckpt: Any) -> str:
     """``ckpt`` as text; a folder is a ``ValueError`` naming a checkpoint inside it."""
     path = Path(str(ckpt)).expanduser()
     if path.is_dir():
-        found = sorted(path.rglob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", str(p)))
-        hint = f"pass a file, e.g. ckpt={found[0]}" if found else "it holds no .ckpt file"
-        raise ValueError(f"ckpt={ckpt} is a folder, not a checkpoint file; {hint}")
+        raise ValueError(folder_message(path))
     return str(ckpt)

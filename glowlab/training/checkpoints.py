@@ -26,7 +26,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if path.is_dir():
-        raise ValueError(_folder_message(path))
+        raise ValueError(folder_message(path))
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint {path} does not exist; pass the path of a glowlab checkpoint, "
@@ -53,7 +53,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def _folder_message(folder: Path) -> str:
+def folder_message(folder: Path) -> str:
     """Why ``folder`` is not a checkpoint, naming one inside it to pass instead (``last.ckpt``
     first, the shallowest first)."""
     found = sorted(
