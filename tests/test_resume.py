@@ -189,9 +189,12 @@ def test_extending_a_finished_run_is_refused_or_rebuilds_the_schedule(tmp_path: 
     expected = [base * 0.5 * (1 + math.cos(math.pi * step / 20)) for step in range(14, 20)]
     assert lrs.values == pytest.approx(expected, rel=1e-6)
     assert seen.steps == [18]  # the end of epoch 3 (6 batches an epoch)
-    assert load_checkpoint(tmp_path / "extended" / "checkpoints" / "last.ckpt")[
-        "glowlab"
-    ]["total_steps"] == 20
+    assert (
+        load_checkpoint(tmp_path / "extended" / "checkpoints" / "last.ckpt")["glowlab"][
+            "total_steps"
+        ]
+        == 20
+    )
 
 
 class _LearningRates(L.Callback):
