@@ -22,4 +22,4 @@ while IFS='|' read -r id cmd; do
   [ -z "$last" ] && last="(stdout) $(grep -v '^\s*$' "$work/$id.out" | tail -1 | cut -c1-300)"
   printf '%s\t%s\t%s\t%s\t%s\n' "$id" "$rc" "$n" "$tb" "$last" >> "$out"
   echo "$id rc=$rc lines=$n tb=$tb"
-done < "$here/${CASES:-cases.txt}"
+done < "${CASES:-$here/cases.txt}"
