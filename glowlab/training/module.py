@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import Precision
 from torch import Tensor
 from torchmetrics import MeanMetric
 
@@ -23,6 +24,11 @@ SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 
 RESUME_SCHEDULES = ("keep", "rebuild")
+
+
+def _default_norm_clipping(plugin: Precision) -> bool:
+    """True when ``plugin`` clips by norm with Lightning's default ``clip_grad_norm_`` call."""
+    return type(plugin).clip_grad_by_norm is Precision.clip_grad_by_norm
 
 
 class NonFiniteLossError(RuntimeError):
@@ -203,13 +209,27 @@ class FlowModule(L.LightningModule):
             self.log(f"train/{name}", value, prog_bar=name == self.model.metric_name)
         return loss
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """A finite loss can still have a NaN/Inf gradient: stop before it reaches the weights
-        (clipping cannot help: the gradient's norm is NaN/Inf too)."""
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
-        norms = torch._foreach_norm([g for g in grads if g is not None])
-        finite = torch.stack(norms).isfinite().all() if norms else torch.tensor(True)
-        self._stop_unless_finite(finite, "gradient")
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Lightning's clipping, then a stop if the gradient is NaN/Inf (a finite loss can
+        still have one; clipping cannot help, its norm is NaN/Inf too), before the update.
+
+        With the usual norm clipping the check reuses the norm the clipping computes (the same
+        ``clip_grad_norm_`` call Lightning's default precision makes), so it costs nothing."""
+        plugin = self.trainer.precision_plugin
+        by_norm = gradient_clip_algorithm in (None, "norm")
+        if gradient_clip_val and by_norm and _default_norm_clipping(plugin):
+            params = list(plugin.main_params(optimizer))
+            norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+            norm = torch.nn.utils.get_total_norm([g for g in grads if g is not None])
+        self._stop_unless_finite(torch.isfinite(norm), "gradient")
 
     def _stop_unless_finite(self, finite: Tensor, what: str) -> None:
         """Raise :class:`NonFiniteLossError` on every rank when ``finite`` is False on any: no
