@@ -29,7 +29,7 @@ from glowlab import sweeps
 from glowlab.console import FILE_ONLY, quiet_third_party
 from glowlab.migration import check_model_config, guard_command_line
 from glowlab.options import check_options
-from glowlab.overrides import did_you_mean
+from glowlab.overrides import did_you_mean, key_of
 
 USER_ERRORS = (
     ValueError,
@@ -71,7 +71,7 @@ def _instantiation_type_error(
     changed = [
         text
         for text in HydraConfig.get().overrides.task
-        if node and text.lstrip("+~").split("=")[0].startswith(f"{node}.")
+        if node and key_of(text).startswith(f"{node}.")
     ]
     if not changed:
         return None
@@ -112,8 +112,8 @@ def config_error(error: BaseException, cfg: DictConfig | None = None) -> str | N
 
 def check_config(cfg: DictConfig) -> None:
     """The checks a composed config passes before anything is built (also run on every job of
-    a sweep before any job starts, by ``glowlab.sweeps.SweepCallback``): value types of the
-    command line, numbers' ranges (``glowlab.options``), moved model keys."""
+    a sweep before any job starts, by ``glowlab.sweep_check.SweepCallback``): value types of
+    the command line, numbers' ranges (``glowlab.options``), moved model keys."""
     check_override_types(cfg)
     check_options(cfg)
     if isinstance(cfg.get("model"), DictConfig):

@@ -21,6 +21,8 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from glowlab.overrides import explain, key_of, sweep_jobs, swept_keys
+
 CHECKPOINT_FORMAT = 2
 """``checkpoint["glowlab"]["format"]``: 2 since the composable parts; absent before."""
 
@@ -86,7 +88,7 @@ def check_overrides(overrides: Sequence[str], compose_error: Exception | None) -
         return
     text = str(compose_error)
     for override in overrides:
-        key = override.lstrip("+~").split("=", 1)[0]
+        key = key_of(override)
         if not key.startswith("model."):
             continue
         name = key.split(".")[1]
@@ -100,7 +102,7 @@ def moved_keys_in(overrides: Sequence[str]) -> list[str]:
     moved = set(MOVED_EVERYWHERE) | set(MOVED_FOR_COUPLINGS)
     found = []
     for override in overrides:
-        key = override.lstrip("+~").split("=", 1)[0]
+        key = key_of(override)
         if key.startswith("model.") and key.split(".")[1] in moved:
             found.append(override)
     return found
@@ -137,13 +139,11 @@ def guard_command_line(prog: str, config_dir: str, config_name: str, argv: Seque
     of Hydra's "Key not in struct" advice or its list of every option."""
     overrides = _hydra_overrides(argv)
     if overrides is not None:  # hydra.* keys (a sweeper's params, run dirs) are Hydra's to check
-        overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
+        overrides = [o for o in overrides if not key_of(o).startswith("hydra.")]
     if not overrides:
         return
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-
-    from glowlab.overrides import explain, key_of, sweep_jobs, swept_keys
 
     multirun = any(arg in SWEEP_FLAGS for arg in argv)
     GlobalHydra.instance().clear()

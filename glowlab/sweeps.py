@@ -1,8 +1,9 @@
 """Sweeps (``-m``) that go on past a bad job and say which jobs failed.
 
-- Before any job runs, `SweepCallback` composes every job of a basic-sweeper sweep and runs the
-  config checks of ``glowlab.cli.check_config``; a job that fails them is refused: one line
-  naming its number, overrides and dir, and a ``failed.json`` there (the job then skips).
+- Before any job runs, ``glowlab.sweep_check.SweepCallback`` composes every job of a
+  basic-sweeper sweep and runs the config checks of ``glowlab.cli.check_config``; a job that
+  fails them is refused: one line naming its number, overrides and dir, and a ``failed.json``
+  there (the job then skips).
 - A job that fails while it runs with a user error writes ``failed.json`` and returns; the
   sweep goes on (a bug still raises, with its traceback).
 - At the end, a line counts the failed jobs and the app exits 1; ``glowlab-report`` lists the
@@ -19,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from glowlab.console import FILE_ONLY
 from glowlab.outputs import write_text
+from glowlab.overrides import key_of, sweep_jobs
+from glowlab.overrides import swept_keys as override_keys_swept
 
 FAILED = "failed.json"
 """A failed job's record in its dir: ``{"job", "overrides", "error", "stage"}``."""
@@ -39,15 +41,13 @@ def in_sweep() -> bool:
 
 def swept_keys(config: DictConfig) -> set[str]:
     """The keys a sweep varies (comma lists, ranges, ``hydra.sweeper.params``)."""
-    from glowlab.overrides import swept_keys as swept
-
-    keys = swept(list(config.hydra.overrides.task))
+    keys = override_keys_swept(list(config.hydra.overrides.task))
     return keys | {str(k) for k in (config.hydra.sweeper.get("params") or {})}
 
 
-def _label(number: Any, overrides: Sequence[str], swept: set[str] | None = None) -> str:
+def job_label(number: Any, overrides: Sequence[str], swept: set[str] | None = None) -> str:
     """``job #1 (model.depth=-1)``: the job's swept overrides (all of them if none is known)."""
-    shown = [o for o in overrides if swept and o.lstrip("+~").split("=")[0] in swept]
+    shown = [o for o in overrides if swept and key_of(o) in swept]
     return f"job #{number} ({' '.join(shown or overrides)})"
 
 
@@ -69,7 +69,7 @@ def record_failure(prog: str, error: str) -> None:
     write_failure(job_dir, hydra.job.num, overrides, error, stage="run")
     master = Path(hydra.sweep.dir) / "multirun.yaml"
     swept = swept_keys(OmegaConf.load(master)) if master.is_file() else None
-    line = failure_line(prog, _label(hydra.job.num, overrides, swept), job_dir, error)
+    line = failure_line(prog, job_label(hydra.job.num, overrides, swept), job_dir, error)
     print(line, file=sys.stderr, flush=True)
     log.error("%s", line, extra=FILE_ONLY)
 
@@ -90,8 +90,6 @@ def refused_before_launch() -> bool:
 def sweep_overrides(config: DictConfig) -> list[list[str]] | None:
     """Each job's overrides of the sweep whose config (``multirun.yaml``) is ``config``, or
     None when its sweeper is not Hydra's basic one (Optuna samples its trials)."""
-    from glowlab.overrides import sweep_jobs
-
     sweeper = config.hydra.sweeper
     if sweeper.get("_target_") != BASIC_SWEEPER:
         return None
@@ -140,55 +138,3 @@ def job_statuses(sweep_dir: Path) -> list[dict[str, Any]]:
 
 def prog_of(config: DictConfig) -> str:
     return f"glowlab-{config.hydra.job.config_name}"
-
-
-class SweepCallback(Callback):
-    """Hydra callback (``hydra.callbacks`` in ``conf/hydra/default.yaml``): check every job
-    before any runs, and end a sweep with failed jobs with one line and exit status 1."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from hydra.core.global_hydra import GlobalHydra
-
-        from glowlab.cli import check_config, config_error
-
-        jobs = sweep_overrides(config)
-        if jobs is None:
-            return
-        loader = GlobalHydra.instance().config_loader()
-        saved = HydraConfig.instance().cfg
-        try:
-            for number, overrides in enumerate(jobs):
-                job = loader.load_sweep_config(config, list(overrides))
-                with open_dict(job):
-                    job.hydra.job.num = number
-                    path = Path(str(job.hydra.sweep.dir)) / str(job.hydra.sweep.subdir)
-                    job.hydra.runtime.output_dir = str(path)
-                HydraConfig.instance().set_config(job)
-                try:
-                    check_config(job)
-                except Exception as error:  # noqa: BLE001 - user errors refuse the job
-                    message = config_error(error)
-                    if message is None:
-                        raise
-                    write_failure(path, number, overrides, message, stage="check")
-                    label = _label(number, overrides, swept_keys(config))
-                    line = failure_line(prog_of(config), label, path, message)
-                    print(f"{line} (refused: it will not run)", file=sys.stderr, flush=True)
-        finally:
-            HydraConfig.instance().cfg = saved
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        failed = sorted(sweep_dir.glob(f"*/{FAILED}"), key=lambda p: p.parent.name)
-        if not failed:
-            return
-        records = [json.loads(p.read_text()) for p in failed]
-        jobs = sweep_overrides(config)
-        total = len(jobs) if jobs is not None else len(list(sweep_dir.glob("*/.hydra")))
-        swept = swept_keys(config)
-        names = ", ".join(_label(r["job"], r["overrides"], swept) for r in records)
-        raise SystemExit(
-            f"{prog_of(config)}: error: {len(records)} of {total} sweep jobs failed: {names} "
-            f"(errors in their {FAILED}); the others finished: glowlab-report {sweep_dir} "
-            "lists them all"
-        )

@@ -31,6 +31,7 @@ from glowlab.cli import hydra_app, run_cli
 from glowlab.console import say
 from glowlab.migration import check_model_config, check_resumable
 from glowlab.outputs import OutputWriteError, write_text
+from glowlab.overrides import key_of
 from glowlab.training.callbacks import SampleGrid, StopOnSignal, TrainingInterrupted
 from glowlab.training.checkpoints import (
     check_config_unchanged,
@@ -76,16 +77,23 @@ def resume_path(cfg: DictConfig) -> str | None:
     return str(last) if step is not None and step >= max(hpc, default=-1) else None
 
 
-def check_resume(cfg: DictConfig, ckpt_path: str, model: torch.nn.Module) -> None:
+def check_resume(cfg: DictConfig, ckpt_path: str, model: torch.nn.Module) -> int:
     """Clear errors before Lightning's: a readable glowlab checkpoint whose model and data
     config match this run's (except ``allow_config_change`` keys) and whose weights fit
-    ``model`` (an allowed change must not change the architecture)."""
+    ``model`` (an allowed change must not change the architecture). Returns its step."""
     checkpoint = load_checkpoint(ckpt_path)
     check_resumable(checkpoint, ckpt_path)
     current = OmegaConf.to_container(cfg, resolve=True)
     allowed = list(cfg.get("allow_config_change") or [])
     check_config_unchanged(checkpoint, current, allowed, what=f"resume from {ckpt_path}")
-    check_weights_fit(checkpoint, model, f"resume from {ckpt_path}")
+    check_weights_fit(
+        checkpoint,
+        model,
+        f"resume from {ckpt_path}",
+        "allow_config_change only accepts changes that keep every weight's shape. Train the "
+        "new model from scratch, or drop the model overrides",
+    )
+    return int(checkpoint["global_step"])
 
 
 def start_from_weights(cfg: DictConfig, model: torch.nn.Module) -> None:
@@ -102,7 +110,7 @@ def start_from_weights(cfg: DictConfig, model: torch.nn.Module) -> None:
 
 def resume_command(cfg: DictConfig, ckpt_path: str) -> str:
     """``glowlab-train <this run's overrides> ckpt_path=<abs path>``, shell-quoted."""
-    kept = [o for o in _overrides() if not o.lstrip("+~").startswith("ckpt_path=")]
+    kept = [o for o in _overrides() if key_of(o) != "ckpt_path"]
     args = [*kept, f"ckpt_path={Path(ckpt_path).resolve()}"]
     return " ".join(["glowlab-train", *(shlex.quote(a) for a in args)])
 
@@ -136,9 +144,8 @@ def stop_interrupted(cfg: DictConfig, stop: TrainingInterrupted) -> NoReturn:
 def _nonfinite_message(cfg: DictConfig, error: NonFiniteLossError, first_step: int) -> str:
     """What went NaN/Inf and when, where the last good weights are, and what to change: at the
     run's first step (before any update) the model or data options, later the optimisation."""
-    last = (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").resolve()
-    saved = checkpoint_step(last) if last.is_file() else None
-    model = [o for o in _overrides() if o.lstrip("+~").startswith(("model.", "model/"))]
+    last, saved = _last_checkpoint(cfg)
+    model = [o for o in _overrides() if key_of(o).startswith(("model.", "model/"))]
     if error.step == first_step:
         changed = model
         suspects = f"the options you changed: {' '.join(changed)}" if changed else "the model"
@@ -155,8 +162,8 @@ def _nonfinite_message(cfg: DictConfig, error: NonFiniteLossError, first_step: i
     changed = model + [
         o
         for o in _overrides()
-        if o.lstrip("+~").startswith(("module.optimizer.", "module.scheduler."))
-        and not o.lstrip("+~").startswith("module.optimizer.lr=")
+        if key_of(o).startswith(("module.optimizer.", "module.scheduler."))
+        and key_of(o) != "module.optimizer.lr"
     ]
     also = f" (or revisit {' '.join(changed)})" if changed else ""
     return (
@@ -170,10 +177,15 @@ def _overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
+def _last_checkpoint(cfg: DictConfig) -> tuple[Path, int | None]:
+    """The run's ``last.ckpt`` (absolute) and the step it holds (None: none written)."""
+    last = (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").resolve()
+    return last, checkpoint_step(last) if last.is_file() else None
+
+
 def _write_failed_message(cfg: DictConfig, error: OutputWriteError) -> str:
     """``error``'s line, then where training can resume from once the disk is fixed."""
-    last = (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").resolve()
-    saved = checkpoint_step(last) if last.is_file() else None
+    last, saved = _last_checkpoint(cfg)
     if saved is None:
         return f"{error.failure}; training stopped before any checkpoint was written"
     return (
@@ -217,11 +229,11 @@ def fit_and_test(cfg: DictConfig, run: RunObjects) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     ckpt_path = resume_path(cfg)
     if ckpt_path is not None:
-        check_resume(cfg, ckpt_path, run.model)
+        step = check_resume(cfg, ckpt_path, run.model)
+        if cfg.train:
+            say(f"glowlab: resuming from {ckpt_path} (step {step})", log)
     if cfg.get("init_weights") is not None:
         start_from_weights(cfg, run.model)
-    if ckpt_path is not None and cfg.train:
-        say(f"glowlab: resuming from {ckpt_path} (step {checkpoint_step(ckpt_path)})", log)
     if cfg.train:
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -306,8 +318,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if metrics.get(k) is not None)
         summary = summary or f"no {' or '.join(keys)} (no validation or test ran)"
         say(f"glowlab: {summary} | steps {metrics['steps']} | {metrics['wall_time_s']:.0f} s", log)
-        if budget_line(metrics):
-            say(budget_line(metrics), log)
+        if (budget := budget_line(metrics)) is not None:
+            say(budget, log)
         if "test_checkpoint" in metrics:
             tested = metrics["test_checkpoint"] or "the final weights (no validation ran)"
             say(f"glowlab: tested {tested}", log)

@@ -145,14 +145,21 @@ def check_config_unchanged(
     )
 
 
-def check_weights_fit(checkpoint: dict[str, Any], model: torch.nn.Module, what: str) -> None:
-    """Refuse (one ``ValueError``) when the checkpoint's ``model.*`` weights do not fit
-    ``model``: names missing or extra, or other shapes (an architecture change)."""
-    saved = {
+def model_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The flow's weights in a checkpoint (its ``model.*`` entries, the prefix removed)."""
+    return {
         key.removeprefix("model."): value
         for key, value in checkpoint.get("state_dict", {}).items()
         if key.startswith("model.")
     }
+
+
+def check_weights_fit(
+    checkpoint: dict[str, Any], model: torch.nn.Module, what: str, advice: str
+) -> None:
+    """Refuse (one ``ValueError`` ending in ``advice``) when the checkpoint's weights do not
+    fit ``model``: names missing or extra, or other shapes (an architecture change)."""
+    saved = model_weights(checkpoint)
     wanted = model.state_dict()
     missing = [k for k in wanted if k not in saved]
     extra = [k for k in saved if k not in wanted]
@@ -174,8 +181,7 @@ def check_weights_fit(checkpoint: dict[str, Any], model: torch.nn.Module, what: 
     ]
     raise ValueError(
         f"cannot {what}: its weights do not fit this model ({'; '.join(parts)}), so the "
-        "architecture changed; allow_config_change only accepts changes that keep every "
-        "weight's shape. Train the new model from scratch, or drop the model overrides"
+        f"architecture changed; {advice}"
     )
 
 
@@ -183,11 +189,13 @@ def load_weights(path: str | Path, model: torch.nn.Module) -> int:
     """Load the ``model.*`` weights of the checkpoint at ``path`` into ``model`` (the EMA
     average where the run kept one) after :func:`check_weights_fit`; returns its step."""
     checkpoint = load_checkpoint(path)
-    check_weights_fit(checkpoint, model, f"start from the weights of {path}")
-    prefix = "model."
-    model.load_state_dict(
-        {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    check_weights_fit(
+        checkpoint,
+        model,
+        f"start from the weights of {path}",
+        "init_weights needs a model with the same weight shapes: drop the model overrides",
     )
+    model.load_state_dict(model_weights(checkpoint))
     return int(checkpoint.get("global_step", 0))
 
 

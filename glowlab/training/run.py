@@ -21,6 +21,7 @@ from glowlab.data import ImageDataModule
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.options import check_options
 from glowlab.outputs import check_writable
+from glowlab.overrides import key_of
 from glowlab.training.callbacks import StopOnSignal
 from glowlab.training.checkpoints import AtomicCheckpointIO
 from glowlab.training.data_order import make_train_order_resumable
@@ -73,8 +74,7 @@ def _overridden(key: str) -> bool:
     """True when ``key=...`` was given on the command line (Hydra's task overrides)."""
     if not HydraConfig.initialized():
         return False
-    names = (o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task)
-    return key in names
+    return key in (key_of(o) for o in HydraConfig.get().overrides.task)
 
 
 def check_n_bits(cfg: DictConfig) -> None:
