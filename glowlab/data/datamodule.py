@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from glowlab.data import cache, streaming
 from glowlab.data.sources import SOURCES, RawData, Request, resolve_shape
+from glowlab.validation import check_int
 
 CARVED_TEST_FRACTION = 10  # datasets without a test split give 1/10 of their images to test
 CARVED_TEST_SEED = 0  # carved test sets do not depend on `seed`
@@ -98,13 +99,13 @@ class ImageDataModule(L.LightningDataModule):
             raise ValueError(f"unknown dataset name={name!r}; choose one of {', '.join(SOURCES)}")
         if name == "image_folder" and root is None:
             raise ValueError("name=image_folder needs data.root=<folder of images>")
-        _check_int("n_bits", n_bits, 1, 8)
-        _check_int("batch_size", batch_size, 1)
-        _check_int("eval_batch_size", eval_batch_size, 1, optional=True)
-        _check_int("val_size", val_size, 0)
-        _check_int("train_subset", train_subset, 1, optional=True)
-        _check_int("image_size", image_size, 1, optional=True)
-        _check_int("num_workers", num_workers, 0)
+        check_int("data.n_bits", n_bits, 1, 8)
+        check_int("data.batch_size", batch_size)
+        check_int("data.eval_batch_size", eval_batch_size, optional=True)
+        check_int("data.val_size", val_size, low=0)
+        check_int("data.train_subset", train_subset, optional=True)
+        check_int("data.image_size", image_size, optional=True)
+        check_int("data.num_workers", num_workers, low=0)
         _check_format(name, format, stream_dir)
         self.save_hyperparameters()
         self.name = name
@@ -309,17 +310,3 @@ def _check_format(name: str, format: str, stream_dir: str | None) -> None:
             f"data.stream_dir={stream_dir} is read only with data.format=litdata; set it or "
             "drop data.stream_dir"
         )
-
-
-def _check_int(
-    option: str, value: object, low: int, high: int | None = None, optional: bool = False
-) -> None:
-    """Raise ValueError naming ``option`` unless ``value`` is an int in ``low..high``."""
-    if optional and value is None:
-        return
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    if is_int and value >= low and (high is None or value <= high):
-        return
-    allowed = f"in {low}..{high}" if high is not None else f">= {low}"
-    fix = f"set data.{option} to an integer {allowed}" + (" or null" if optional else "")
-    raise ValueError(f"{option} must be an integer {allowed}, got {value!r}; {fix}")
