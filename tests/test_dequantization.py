@@ -22,8 +22,8 @@ from glowlab.bijections import (
     Shift,
     Squeeze,
 )
+from glowlab.bijections.dequantization import VariationalDequantizer, coupling_masks
 from glowlab.data import ImageDataModule
-from glowlab.dequantization import VariationalDequantizer, coupling_masks
 from glowlab.models import Level, MultiscaleFlow
 from glowlab.priors import LearnedPrior
 from glowlab.tools import evaluate

@@ -11,7 +11,8 @@ from glowlab.bijections.conditioners import (
     ZeroConv2d,
 )
 from glowlab.bijections.coupling import Coupling, checkerboard_mask
-from glowlab.bijections.elementwise import Dequantize, DiagonalScale, Logit, Shift
+from glowlab.bijections.dequantization import Dequantize
+from glowlab.bijections.elementwise import DiagonalScale, Logit, Shift
 from glowlab.bijections.permutations import ChannelPermutation, InvConv1x1, InvConv1x1LU
 from glowlab.bijections.planar import Planar
 from glowlab.bijections.residual import ResidualBlock

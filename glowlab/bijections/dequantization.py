@@ -1,6 +1,10 @@
-"""Variational dequantization (Flow++): a learned noise distribution ``q(u | x)`` on ``(0, 1)^D``.
+"""Dequantisation: integer images into the continuous pixel scale the flow models.
 
-Uniform dequantization scores ``v = (x + u) / 2^n_bits`` with ``u ~ U[0, 1)^D``. Any density
+``Dequantize`` is the bijection every model starts with: uniform noise (a bound on the
+discrete likelihood) or TarFlow's Gaussian noise augmentation (a density of noisy images).
+``VariationalDequantizer`` is Flow++'s learned noise distribution ``q(u | x)`` on ``(0, 1)^D``.
+
+Uniform dequantisation scores ``v = (x + u) / 2^n_bits`` with ``u ~ U[0, 1)^D``. Any density
 ``q(u | x)`` on the unit cube gives the lower bound (Jensen)
 
     log P(x) >= E_{u ~ q(u|x)} [ log p((x + u) / 2^n_bits) - D·n_bits·ln 2 - log q(u | x) ],
@@ -19,15 +23,92 @@ of generative models", ICLR 2016.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glowlab.bijections.base import sum_except_batch
+from glowlab.bijections.base import Bijection, constant_logdet, sum_except_batch
 from glowlab.bijections.coupling import checkerboard_mask
-from glowlab.priors import gaussian_log_prob
-from glowlab.validation import check_positive
+from glowlab.validation import check_n_bits, check_positive
 
+
+def standard_normal_noise(like: Tensor, noise: Tensor | float | None) -> Tensor:
+    """``ε`` of ``like``'s shape, dtype and device: ``N(0, I)`` draws when ``noise`` is None,
+    else ``ε = Φ⁻¹(noise)`` for ``noise`` in ``[0, 1)`` (a tensor broadcastable to ``like``,
+    or a float used for every pixel: ``0.5`` gives ``ε = 0``).
+
+    ``noise`` is clamped to ``[eps, 1 - eps]`` (``eps`` = the dtype's machine epsilon) so that
+    ``0`` maps to a finite ``ε`` (about -5.2 in float32, -8.1 in float64). Uniform noise maps
+    to standard-normal ``ε``, so callers that fix uniform noise for reproducible evaluation
+    (``FlowModule``, ``glowlab.tools.likelihood``) fix ``q``'s draw the same way.
+    """
+    if noise is None:
+        return torch.randn_like(like)
+    eps = torch.finfo(like.dtype).eps
+    p = torch.as_tensor(noise, dtype=like.dtype, device=like.device).expand_as(like)
+    return torch.special.ndtri(p.clamp(eps, 1 - eps))
+
+
+class Dequantize(Bijection):
+    """Integer images ``x`` into the continuous pixel scale ``[0, 1)`` of the flow.
+
+    Uniform dequantisation (``sigma=None``): ``v = (x + u) / 2^n_bits``, ``u`` is ``noise``
+    if given (any shape broadcastable to ``x``, values in ``[0, 1)``), else ``U[0, 1)`` per
+    pixel; the flow's density then bounds the probability of the discrete image.
+
+    Gaussian noise augmentation (``sigma`` set): ``v = (x + ½) / 2^n_bits + (σ/2)·ε``, the bin
+    centres plus Gaussian noise of std ``σ`` on the ``[-1, 1]`` scale of the TarFlow paper
+    (``σ/2`` on ``[0, 1)``, ``2^n_bits·σ/2`` pixel levels), ``ε ~ N(0, I)`` or ``ε = Φ⁻¹(noise)``
+    for given uniform ``noise`` (``0.5`` gives the bin centres). The flow then models the
+    density of the *noisy* images ``y = x + ½ + 2^n_bits·(σ/2)·ε`` (pixel units), which is not
+    a bound on the discrete likelihood; ``v`` may leave ``[0, 1)``.
+
+    Either way the rescaling ``x + u -> v`` has logdet ``-D · n_bits · ln 2``, so log-densities
+    are in pixel units (integers spaced by 1). ``inverse`` rounds back down to integers
+    ``floor(v · 2^n_bits)``, clamped to the range.
+
+    Shapes: ``(B, C, H, W)`` -> ``(B, C, H, W)``, logdet ``(B,)``.
+
+    References: Theis et al., "A note on the evaluation of generative models", 2016; Zhai et
+    al., "Normalizing flows are capable generative models" (TarFlow), 2025.
+    """
+
+    def __init__(self, n_bits: int = 8, sigma: float | None = None) -> None:
+        super().__init__()
+        check_n_bits(n_bits)
+        if sigma is not None and (
+            isinstance(sigma, bool) or not isinstance(sigma, int | float) or not sigma > 0
+        ):
+            raise ValueError(
+                f"dequantization sigma={sigma!r} must be a number > 0 (the noise std on the "
+                "[-1, 1] scale, e.g. model.dequantization.sigma=0.05)"
+            )
+        self.n_bits = n_bits
+        self.n_bins = 2**n_bits
+        self.sigma = None if sigma is None else float(sigma)
+
+    def forward(
+        self, x: Tensor, cond: Tensor | None = None, noise: Tensor | float | None = None
+    ) -> tuple[Tensor, Tensor]:
+        x = x.to(torch.get_default_dtype()) if not x.is_floating_point() else x
+        dims = x[0].numel()
+        logdet = torch.tensor(-dims * self.n_bits * math.log(2.0), device=x.device)
+        if self.sigma is None:
+            u = torch.rand_like(x) if noise is None else noise
+            return (x + u) / self.n_bins, constant_logdet(x, logdet)
+        eps = standard_normal_noise(x, noise)
+        return (x + 0.5) / self.n_bins + (0.5 * self.sigma) * eps, constant_logdet(x, logdet)
+
+    def inverse(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
+        return torch.floor(z * self.n_bins).clamp(0, self.n_bins - 1).to(torch.uint8)
+
+    def extra_repr(self) -> str:
+        return f"n_bits={self.n_bits}" + ("" if self.sigma is None else f", sigma={self.sigma}")
+
+
+LOG_2PI = math.log(2 * math.pi)
 LOG_SCALE_BOUND = 2.0
 """Each coupling's log-scale is soft-clamped to ``(-2, 2)``: ``2·tanh(raw / 2)``."""
 
@@ -80,23 +161,6 @@ class ConditionalAffineCoupling(nn.Module):
         log_scale = LOG_SCALE_BOUND * torch.tanh(raw / LOG_SCALE_BOUND)
         out = h * m + (h * torch.exp(log_scale) + shift) * (1 - m)
         return out, sum_except_batch(log_scale * (1 - m))
-
-
-def standard_normal_noise(like: Tensor, noise: Tensor | float | None) -> Tensor:
-    """``ε`` of ``like``'s shape, dtype and device: ``N(0, I)`` draws when ``noise`` is None,
-    else ``ε = Φ⁻¹(noise)`` for ``noise`` in ``[0, 1)`` (a tensor broadcastable to ``like``,
-    or a float used for every pixel: ``0.5`` gives ``ε = 0``).
-
-    ``noise`` is clamped to ``[eps, 1 - eps]`` (``eps`` = the dtype's machine epsilon) so that
-    ``0`` maps to a finite ``ε`` (about -5.2 in float32, -8.1 in float64). Uniform noise maps
-    to standard-normal ``ε``, so callers that fix uniform noise for reproducible evaluation
-    (``FlowModule``, ``glowlab.tools.likelihood``) fix ``q``'s draw the same way.
-    """
-    if noise is None:
-        return torch.randn_like(like)
-    eps = torch.finfo(like.dtype).eps
-    p = torch.as_tensor(noise, dtype=like.dtype, device=like.device).expand_as(like)
-    return torch.special.ndtri(p.clamp(eps, 1 - eps))
 
 
 class VariationalDequantizer(nn.Module):
@@ -152,7 +216,8 @@ class VariationalDequantizer(nn.Module):
                 f"with the model's image_shape"
             )
         eps = standard_normal_noise(image, noise)
-        log_q = gaussian_log_prob(eps, eps.new_zeros(()), eps.new_zeros(()))  # log N(ε; 0, I)
+        # log N(ε; 0, I): glowlab.priors.gaussian_log_prob at mean 0, log-scale 0, bit for bit
+        log_q = sum_except_batch(-0.5 * (LOG_2PI + eps * eps))
         context = self.encoder(image)  # (B, hidden, H, W)
         h = eps
         for coupling in self.couplings:
