@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from glowlab import sweeps
+from glowlab.conf import CONFIG_DIR
 from glowlab.console import FILE_ONLY, quiet_third_party
 from glowlab.migration import check_model_config, guard_command_line
 from glowlab.options import check_options
@@ -153,14 +154,14 @@ def hydra_app(prog: str, config_name: str) -> Callable[[Callable[[DictConfig], A
     tests do) it runs the task on it."""
 
     def wrap(task: Callable[[DictConfig], Any]) -> Callable:
-        app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
+        app = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)
         hydra_main = app(task)
 
         @functools.wraps(task)
         def main(cfg: DictConfig | None = None) -> Any:
             if cfg is None:
                 quiet_third_party()
-                guard_command_line(prog, str(CONF_DIR), config_name, sys.argv[1:])
+                guard_command_line(prog, CONFIG_DIR, config_name, sys.argv[1:])
             return hydra_main(cfg)
 
         return main
@@ -170,7 +171,6 @@ def hydra_app(prog: str, config_name: str) -> Callable[[Callable[[DictConfig], A
 
 # ----------------------------------------------------------------- override value types
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", list: "a list"}
 _EXAMPLES = {bool: "true", int: "<integer>", float: "<number>", list: "[<item>,<item>]"}
 
@@ -227,7 +227,7 @@ def _text_override_keys(cfg: DictConfig, overrides: list[str]) -> list[str]:
 
 def _primary_defaults(config_name: str | None) -> dict[str, Any]:
     """The app's primary config file as plain, unresolved values (empty when there is none)."""
-    path = CONF_DIR / f"{config_name}.yaml"
+    path = Path(CONFIG_DIR) / f"{config_name}.yaml"
     if not config_name or not path.is_file():
         return {}
     return OmegaConf.to_container(OmegaConf.load(path), resolve=False)

@@ -43,7 +43,6 @@ from glowlab.training.checkpoints import (
 from glowlab.training.module import NonFiniteLossError
 from glowlab.training.run import RunObjects, build_run, metric_key, slurm_requeued
 
-CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 log = logging.getLogger("glowlab.train")
 
 

@@ -17,10 +17,10 @@ import pytest
 from rich.console import Console
 
 from glowlab.cli import run_cli
+from glowlab.conf import CONFIG_DIR
 from glowlab.console import ProgressBar, quiet_third_party
 from glowlab.migration import guard_command_line
 from glowlab.tools.progress import track
-from glowlab.train import CONFIG_DIR
 from tests.conftest import compose_run
 
 TINY = [

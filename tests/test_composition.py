@@ -15,9 +15,9 @@ import torch
 
 import glowlab
 from glowlab.bijections.conditioners import FlowPPConditioner
+from glowlab.conf import CONFIG_DIR
 from glowlab.migration import check_model_config, guard_command_line, translate_checkpoint
 from glowlab.models.parts import DequantizationChoice
-from glowlab.train import CONFIG_DIR
 from glowlab.transforms import Affine, LogisticMixture
 from tests.conftest import compose_run
 from tests.preset_reference import (

@@ -25,6 +25,7 @@ from torchvision.transforms.functional import to_pil_image
 
 from glowlab.cli import hydra_app, run_cli
 from glowlab.console import say
+from glowlab.images import image_grid
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.outputs import save_image
 from glowlab.tools.cli import check_ckpt, check_device, log, output_dir, write_json
@@ -38,7 +39,6 @@ from glowlab.tools.loading import (
     split_dataset,
 )
 from glowlab.tools.sample import sample_labels
-from glowlab.training.callbacks import image_grid
 from glowlab.validation import choose
 
 MODES = ("linear", "slerp")

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchvision.transforms.functional import to_pil_image
 
-from glowlab.training.callbacks import image_grid
+from glowlab.images import image_grid
 
 COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40))
 SIZE = (640, 400)

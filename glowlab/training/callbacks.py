@@ -15,18 +15,11 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
-from torchvision.utils import make_grid
 
+from glowlab.images import image_grid
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.outputs import save_image
 from glowlab.validation import check_int, check_range
-
-
-def image_grid(images: torch.Tensor, n_bits: int, nrow: int | None = None) -> torch.Tensor:
-    """Integer images ``(N, C, H, W)`` in ``[0, 2^n_bits)`` -> a float grid ``(C', H', W')``
-    in ``[0, 1]`` for saving or TensorBoard."""
-    floats = images.float() / (2**n_bits - 1)
-    return make_grid(floats, nrow=nrow or max(1, int(len(images) ** 0.5)), padding=2, pad_value=1)
 
 
 class EMA(EMAWeightAveraging):
