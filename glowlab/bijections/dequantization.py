@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from glowlab.bijections.base import Bijection, constant_logdet, sum_except_batch
 from glowlab.bijections.coupling import checkerboard_mask
+from glowlab.transforms import soft_clamp
 from glowlab.validation import check_n_bits, check_positive
 
 
@@ -110,7 +111,7 @@ class Dequantize(Bijection):
 
 LOG_2PI = math.log(2 * math.pi)
 LOG_SCALE_BOUND = 2.0
-"""Each coupling's log-scale is soft-clamped to ``(-2, 2)``: ``2·tanh(raw / 2)``."""
+"""Each coupling's log-scale is soft-clamped to ``(-2, 2)``: ``soft_clamp(raw, 2)``."""
 
 
 def coupling_masks(image_shape: tuple[int, int, int], depth: int) -> list[Tensor]:
@@ -158,7 +159,7 @@ class ConditionalAffineCoupling(nn.Module):
         m = self.mask.to(h.dtype)
         net_in = torch.cat([h * m, m.expand_as(h), context], dim=1)  # (B, 2C + F, H, W)
         shift, raw = self.net(net_in).chunk(2, dim=1)
-        log_scale = LOG_SCALE_BOUND * torch.tanh(raw / LOG_SCALE_BOUND)
+        log_scale = soft_clamp(raw, LOG_SCALE_BOUND)
         out = h * m + (h * torch.exp(log_scale) + shift) * (1 - m)
         return out, sum_except_batch(log_scale * (1 - m))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 
 from glowlab.transforms.affine import CENTRED_AFFINE, Additive, Affine
-from glowlab.transforms.base import ElementwiseTransform, TransformFactory
+from glowlab.transforms.base import ElementwiseTransform, TransformFactory, soft_clamp
 from glowlab.transforms.mixture import LogisticMixture
 from glowlab.transforms.spline import Spline
 from glowlab.validation import choose
@@ -39,5 +39,6 @@ __all__ = [
     "LogisticMixture",
     "Spline",
     "TransformFactory",
+    "soft_clamp",
     "transform_factory",
 ]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glowlab.transforms.base import ElementwiseTransform
+from glowlab.transforms.base import ElementwiseTransform, soft_clamp
 from glowlab.validation import check_positive, choose
 
 SCALES = ("sigmoid", "exp_tanh", "soft_clamp", "exp")
@@ -62,7 +62,7 @@ class Affine(ElementwiseTransform):
             a = self.tanh_scale.view(-1, *([1] * (raw.dim() - 2)))
             return a * torch.tanh(raw)
         if self.scale == "soft_clamp":
-            return self.bound * torch.tanh(raw / self.bound)
+            return soft_clamp(raw, self.bound)
         return raw
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:

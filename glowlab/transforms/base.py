@@ -20,7 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
+
+
+def soft_clamp(h: Tensor, bound: float) -> Tensor:
+    """``m · tanh(h / m)`` with ``m = bound``, elementwise: the identity near 0 (slope 1),
+    smooth, bounded by ``±m``. The one soft clamp of raw log-scales (``Affine``'s
+    ``soft_clamp`` scale, the logistic mixture's log-scales, the variational dequantizer's
+    couplings): it keeps ``exp`` finite and the gradients nonzero."""
+    return bound * torch.tanh(h / bound)
 
 
 class ElementwiseTransform(nn.Module):

@@ -8,7 +8,7 @@ Numerics. ``F`` itself is never formed: ``σ⁻¹(F) = log F − log(1 − F)`` 
 log-sum-exps of log-sigmoids, so ``F`` cannot round to 0 or 1 and the map stays smooth and
 strictly increasing on all of ℝ in float32 as in float64 — no clamp on ``F`` is needed, and
 nothing ever cuts the map's invertibility. The clamps act on parameters only: ``log s`` and
-``a`` pass through the soft bound ``B · tanh(· / B)`` (``B = LOG_SCALE_BOUND``), which keeps
+``a`` pass through ``soft_clamp`` (``B · tanh(· / B)``, ``B = LOG_SCALE_BOUND``), which keeps
 ``exp`` finite and the gradients nonzero.
 
 Initialisation. Component ``k`` (of ``K``) is centred at ``μ_k + c_k`` with the fixed offset
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from glowlab.transforms.base import ElementwiseTransform
+from glowlab.transforms.base import ElementwiseTransform, soft_clamp
 
 CENTRE_SPREAD = 0.5
 LOG_SCALE_BOUND = 7.0
@@ -52,10 +52,6 @@ class _Mixture(NamedTuple):
     shift: Tensor
 
 
-def _soft_clamp(t: Tensor, bound: float) -> Tensor:
-    return bound * torch.tanh(t / bound)
-
-
 def _unpack(params: Tensor) -> _Mixture:
     if params.shape[-1] < 5 or (params.shape[-1] - 2) % 3:
         raise ValueError(
@@ -67,8 +63,8 @@ def _unpack(params: Tensor) -> _Mixture:
     return _Mixture(
         log_weights=torch.log_softmax(params[..., :k], dim=-1),
         means=params[..., k : 2 * k] + offsets.to(params.dtype),
-        log_scales=_soft_clamp(params[..., 2 * k : 3 * k], LOG_SCALE_BOUND),
-        log_out_scale=_soft_clamp(params[..., 3 * k], LOG_SCALE_BOUND),
+        log_scales=soft_clamp(params[..., 2 * k : 3 * k], LOG_SCALE_BOUND),
+        log_out_scale=soft_clamp(params[..., 3 * k], LOG_SCALE_BOUND),
         shift=params[..., 3 * k + 1],
     )
 
