@@ -8,17 +8,26 @@ import functools
 
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from glowlab.bijections import Coupling, GlowConditioner, ResNetConditioner
 from glowlab.bijections.autoregressive import MaskedAutoregressive
 from glowlab.bijections.conditioners import FlowPPConditioner
-from glowlab.transforms import Additive, Affine, LogisticMixture, Spline
-from tests.conftest import perturb_parameters
+from glowlab.transforms import (
+    Additive,
+    Affine,
+    LogisticMixture,
+    Spline,
+    soft_clamp,
+    transform_factory,
+)
+from tests.conftest import CONF, perturb_parameters
 
 TRANSFORMS = {
     "affine_sigmoid": functools.partial(Affine, scale="sigmoid"),
     "affine_exp_tanh": functools.partial(Affine, scale="exp_tanh"),
-    "affine_centred_soft_clamp": functools.partial(Affine, scale="soft_clamp", centred=True),
+    "affine_centred": transform_factory("affine_centred"),
     "affine_exp": functools.partial(Affine, scale="exp"),
     "additive": Additive,
     "spline": functools.partial(Spline, bins=4, bound=1.5),
@@ -112,3 +121,15 @@ def test_bad_transform_options_name_the_option() -> None:
         Spline(bins=1)
     with pytest.raises(ValueError, match="components=0 must be an integer >= 1"):
         LogisticMixture(components=0)
+
+
+def test_the_centred_affine_has_one_name_in_config_and_python() -> None:
+    """``affine_centred`` is the same transform as a config node and as a Python shortcut."""
+    node = OmegaConf.load(CONF / "model" / "transform" / "affine_centred.yaml")
+    node = OmegaConf.merge(OmegaConf.load(CONF / "model" / "transform" / "affine.yaml"), node)
+    node.pop("defaults", None)
+    built = [instantiate(node)(channels=2), transform_factory("affine_centred")(channels=2)]
+    for transform in built:
+        assert (transform.scale, transform.centred, transform.bound) == ("soft_clamp", True, 3.0)
+    h = torch.linspace(-20, 20, 41)
+    assert torch.equal(built[0].log_scale(h), soft_clamp(h, 3.0))

@@ -16,6 +16,7 @@ from glowlab.validation import choose
 
 BUILTIN: dict[str, TransformFactory] = {
     "affine": Affine,
+    "affine_centred": CENTRED_AFFINE,
     "additive": Additive,
     "spline": Spline,
     "mixture": LogisticMixture,

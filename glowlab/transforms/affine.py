@@ -83,8 +83,9 @@ class Affine(ElementwiseTransform):
 
 
 CENTRED_AFFINE = functools.partial(Affine, scale="soft_clamp", centred=True, bound=3.0)
-"""The affine transform of MAF and TarFlow, ``z = (x − μ)·exp(−α)`` with ``α = 3·tanh(a/3)``
-(the config node ``model/transform=affine_centred``)."""
+"""The centred affine of MAF and TarFlow, ``z = (x − μ)·exp(−α)`` with ``α = soft_clamp(a, 3)``
+``= 3·tanh(a/3)``: named ``affine_centred`` everywhere (the config node
+``model/transform=affine_centred``, the Python shortcut ``transform="affine_centred"``)."""
 
 
 class Additive(ElementwiseTransform):
