@@ -76,11 +76,6 @@ def scan_files(files: Sequence[Path], mode: str, size: int) -> list[FileInfo]:
         return list(pool.map(lambda path: _scan(path, mode, size), files))
 
 
-def find_unreadable(files: Sequence[Path], mode: str, size: int) -> list[Path]:
-    """The files PIL cannot fully decode."""
-    return [info.path for info in scan_files(files, mode, size) if not info.readable]
-
-
 def _scan(path: Path, mode: str, size: int) -> FileInfo:
     try:
         with Image.open(path) as img:

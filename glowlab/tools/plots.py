@@ -101,7 +101,7 @@ def labelled_grid(
     """Integer images ``(R, K, C, H, W)`` -> a picture with ``rows[r]`` as row ``r``, labels
     left of the rows and above the columns. Small images are enlarged (nearest neighbour) to at
     least ``min_cell`` pixels."""
-    n_rows, n_cols, _, height, width = rows.shape
+    _, n_cols, _, height, width = rows.shape
     scale = max(1, math.ceil(min_cell / min(height, width)))
     grid = to_pil_image(image_grid(rows.flatten(0, 1).cpu(), n_bits, nrow=n_cols))
     grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
