@@ -178,7 +178,7 @@ class ImageFileDataset(Dataset):
         path = self.files[index]
         try:
             with Image.open(path) as img:
-                pixels = np.array(self._transform(to_mode(img, self.mode, path)))
+                pixels = np.array(self._resize(to_mode(img, self.mode, path)))
         except UnsupportedModeError:
             raise
         except _DECODE_ERRORS as err:
@@ -187,7 +187,7 @@ class ImageFileDataset(Dataset):
         x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1).contiguous()
         return x, self.labels[index]
 
-    def _transform(self, img: Image.Image) -> Image.Image:
+    def _resize(self, img: Image.Image) -> Image.Image:
         size = (self.image_size, self.image_size)
         if self.crop is None:
             return ImageOps.fit(img, size, method=Image.Resampling.BICUBIC)
