@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from glowlab.bijections.base import Bijection, Sequential
+from glowlab.bijections.dequantization import VariationalDequantizer
 from glowlab.bijections.elementwise import Logit, Shift
 from glowlab.bijections.squeeze import Squeeze
-from glowlab.dequantization import VariationalDequantizer
 from glowlab.models.multiscale import Level, MultiscaleFlow
 from glowlab.models.parts import (
     DequantizationChoice,

@@ -20,8 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from glowlab.bijections.base import Bijection
-from glowlab.bijections.elementwise import Dequantize
-from glowlab.dequantization import VariationalDequantizer
+from glowlab.bijections.dequantization import Dequantize, VariationalDequantizer
 from glowlab.priors import GaussianPrior, check_labels
 from glowlab.sampling import guidance as guided
 from glowlab.sampling import guided_parts, tweedie_denoise
@@ -95,7 +94,7 @@ class MultiscaleFlow(nn.Module):
         dequantizer: a learned ``q(u | x)`` (Flow++); ``None`` dequantises uniformly. With it,
             ``log_prob`` and ``bits_per_dim`` are the variational bound of one draw ``u ~ q``,
             ``log p((x + u) / 2^n_bits) - D·n_bits·ln 2 - log q(u | x)``, and ``noise`` fixes
-            that draw through ``ε = Φ⁻¹(noise)`` (see ``glowlab.dequantization``).
+            that draw through ``ε = Φ⁻¹(noise)`` (see ``glowlab.bijections.dequantization``).
         noise_sigma: Gaussian noise augmentation with std ``σ`` on the ``[-1, 1]`` image
             scale (``σ/2`` on the flow's ``[0, 1)`` scale) instead of uniform dequantisation:
             ``log_prob`` is then ``log p(y)`` of the noisy image ``y`` (pixel units, one

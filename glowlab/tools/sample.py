@@ -25,6 +25,7 @@ from torch import Tensor
 from glowlab.bijections.tarflow import INVERSIONS, configure_sampling, tarflow_blocks
 from glowlab.cli import hydra_app, run_cli
 from glowlab.console import say
+from glowlab.images import image_grid
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.outputs import save_image
 from glowlab.sampling import check_guidance
@@ -32,7 +33,6 @@ from glowlab.tools.cli import as_list, check_ckpt, check_device, log, output_dir
 from glowlab.tools.loading import load_flow
 from glowlab.tools.plots import labelled_grid
 from glowlab.tools.progress import track
-from glowlab.training.callbacks import image_grid
 from glowlab.validation import check_int, choose
 
 Label = int | str | None
