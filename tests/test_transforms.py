@@ -9,9 +9,9 @@ import functools
 import pytest
 import torch
 
-from glowlab.bijections import Coupling, GlowConditioner, ResNetConditioner
+from glowlab.bijections import Coupling
 from glowlab.bijections.autoregressive import MaskedAutoregressive
-from glowlab.bijections.conditioners import FlowPPConditioner
+from glowlab.nets.conditioners import FlowPPConditioner, GlowConditioner, ResNetConditioner
 from glowlab.transforms import Additive, Affine, LogisticMixture, Spline
 from tests.conftest import perturb_parameters
 
