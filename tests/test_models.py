@@ -13,11 +13,13 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from glowlab.bijections import ActNorm, Sequential, Shift, Squeeze
+from glowlab.bijections.cnf import CNF, SolverOptions
 from glowlab.models import Level, MultiscaleFlow, ffjord, glow, maf, nice, realnvp, resflow
 from glowlab.models.assembly import assemble
 from glowlab.models.options import ModelOptions
 from glowlab.models.parts import DequantizationChoice, PriorChoice
 from glowlab.nets.conditioners import FlowPPConditioner
+from glowlab.nets.dynamics import ConcatConvDynamics
 from glowlab.priors import LearnedPrior, StandardNormal
 from glowlab.transforms import Affine, LogisticMixture, Spline
 from tests.conftest import model_config_shape, perturb_parameters, shrunk
@@ -72,11 +74,9 @@ TINY = {
         (1, 4, 4),
         levels=1,
         depth=1,
-        width=4,
-        trace="exact",
-        eval_trace="exact",
-        rtol=1e-10,
-        atol=1e-10,
+        field=functools.partial(ConcatConvDynamics, hidden=4),
+        solver=SolverOptions(rtol=1e-10, atol=1e-10),
+        block=functools.partial(CNF, trace="exact", eval_trace="exact"),
         **kw,
     ),
     "maf": lambda **kw: maf((1, 8, 8), levels=2, depth=2, width=8, **kw),
@@ -235,7 +235,7 @@ def test_class_conditional_prior_needs_labels() -> None:
         (lambda: glow((1, 8, 8), conditioner="flowpp", width=6), r"heads=4.*divide hidden=6"),
         (lambda: resflow((1, 8, 8), memory_saving="reversible"), r"use memory_saving='checkp"),
         (lambda: maf((1, 8, 8), direction="left"), r"direction='left'"),
-        (lambda: ffjord((1, 8, 8), solver="magic"), r"solver='magic'"),
+        (lambda: ffjord((1, 8, 8), solver=SolverOptions("magic")), r"solver='magic'"),
     ],
 )
 def test_bad_model_options_are_named(build, message: str) -> None:
@@ -282,8 +282,8 @@ def test_bad_images_are_named() -> None:
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "model").glob("*.yaml")))
 def test_model_configs_instantiate(name: str) -> None:
-    with initialize_config_dir(str(CONF / "model"), version_base="1.3"):
-        cfg = compose(config_name=name)
+    with initialize_config_dir(str(CONF), version_base="1.3"):  # presets may pick an objective
+        cfg = compose(config_name="train", overrides=[f"model={name}"]).model
     shape = model_config_shape(name)
     overrides = shrunk(cfg) if shape[0] == 3 else {}  # paper sizes: small, same layout
     model = instantiate(cfg, image_shape=shape, **overrides)
