@@ -3,10 +3,10 @@
 The ``D = C·H·W`` elements of a ``(B, C, H, W)`` tensor are ordered in raster order over
 pixels and, within a pixel, over channels: element ``(c, r, s)`` has position
 ``(r·W + s)·C + c`` (``reverse=True`` uses the opposite order). A masked-convolution
-conditioner gives the parameters ``θ_i`` of an elementwise transform ``τ`` (any
-``glowlab.transforms.ElementwiseTransform``; by default the affine ``(x − μ)·exp(−α)``) for
-every element from the elements strictly before it, so the Jacobian is triangular in that
-order and ``log|det| = Σ_i log|∂τ/∂x_i|``.
+conditioner (``glowlab.nets.masked.MaskedConvConditioner``) gives the parameters ``θ_i`` of
+an elementwise transform ``τ`` (any ``glowlab.transforms.ElementwiseTransform``; by default
+the affine ``(x − μ)·exp(−α)``) for every element from the elements strictly before it, so
+the Jacobian is triangular in that order and ``log|det| = Σ_i log|∂τ/∂x_i|``.
 
 - ``direction="maf"`` (Papamakarios et al. 2017), defined in the density direction:
   forward ``z_i = τ(x_i; θ_i(x_<i))`` is ONE network pass (fast training by likelihood);
