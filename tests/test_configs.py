@@ -101,7 +101,10 @@ def _narrow(model) -> None:
     """A tiny model of the experiment's layout: ``shrunk`` sizes, 8 hidden channels."""
     sizes = shrunk(model)
     for key, value in sizes.items():
-        model[key] = value
+        if isinstance(value, dict):  # a part node (model.block, model.field): its sizes only
+            model[key].update(value)
+        else:
+            model[key] = value
     if "conditioner" in model:
         model.conditioner.hidden = 8
     elif "width" in model and "width" not in sizes:
