@@ -224,7 +224,6 @@ def test_class_conditional_prior_needs_labels() -> None:
         (lambda: realnvp((1, 8, 8), conditioner="mlp"), r"conditioner='mlp'"),
         (lambda: glow((1, 8, 8), dequantization="dither"), r"dequantization='dither'"),
         (lambda: glow((1, 8, 8), prior="planar", num_classes=3), r"planar.*not class-cond"),
-        (lambda: glow((1, 8, 8), levles=2), r"glow\(\) has no option 'levles' \(did you mean 'le"),
         (lambda: maf((1, 8, 8), label_dropout=0.1), r"label_dropout=0.1 needs a class-cond"),
         (lambda: nice((1, 8, 8), labels="blocks"), r"nice\(\) puts class labels in its prior"),
         (lambda: realnvp((1, 8, 8), memory_saving="all"), r"memory_saving='all'"),
@@ -241,6 +240,15 @@ def test_class_conditional_prior_needs_labels() -> None:
 def test_bad_model_options_are_named(build, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_an_unknown_option_is_named_with_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"^glow\(\) has no option 'levles' \(did you mean 'le"):
+        glow((1, 8, 8), levles=2)
+    with pytest.raises(ValueError, match=r"'levels'\?\); its own options are levels, depth, tr"):
+        glow((1, 8, 8), levles=2)
+    with pytest.raises(ValueError, match=r"the shared ones n_bits, preprocess, logit_alpha"):
+        maf((1, 8, 8), colour=True)
 
 
 def test_shared_options_are_one_checked_object() -> None:
