@@ -13,12 +13,17 @@ command never changes meaning silently:
 - ``translate_checkpoint`` rewrites the saved config and weights of an old checkpoint so the
   tools load it with the same numbers; resuming training from one is refused
   (``check_resumable``), since its optimizer state is laid out for the old parameters.
+
+Since then (families from parts) the networks live in ``glowlab.nets`` and ``n_bits`` is the
+data's alone (``data.n_bits``, given to the model at build time): ``translate_networks`` and
+``drop_model_n_bits`` rewrite a saved model config of any format, ``check_model_config`` and
+``check_overrides`` stop a ``model.n_bits`` naming ``data.n_bits``.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from glowlab.overrides import explain, key_of, sweep_jobs, swept_keys
@@ -55,6 +60,17 @@ MOVED_FOR_COUPLINGS = {
 }
 
 
+MOVED_TO_DATA = ("n_bits",)
+"""Model keys that are the data's now: the model is built for ``data.<key>``."""
+
+
+def _moved_to_data_message(key: str, value: Any) -> str:
+    return (
+        f"model.{key} is no longer an option: the model is built for the data's {key}; set "
+        f"data.{key}={value} instead"
+    )
+
+
 def _moved_message(key: str, new: str) -> str:
     return (
         f"model.{key} is no longer an option: the parts of a flow step have config groups now; "
@@ -65,6 +81,7 @@ def _moved_message(key: str, new: str) -> str:
 def check_model_config(model: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` naming the new key for a flat pre-0.2 key or a string-valued part
     group in a composed model config."""
+    check_family_config(model)
     target = model.get("_target_", "")
     moved = dict(MOVED_EVERYWHERE)
     if target in COUPLING_RECIPES:
@@ -72,6 +89,9 @@ def check_model_config(model: Mapping[str, Any]) -> None:
     for key, new in moved.items():
         if key in model:
             raise ValueError(_moved_message(key, new))
+    for key in MOVED_TO_DATA:
+        if key in model:
+            raise ValueError(_moved_to_data_message(key, model[key]))
     for group in PART_GROUPS:
         if isinstance(model.get(group), str):
             raise ValueError(
@@ -86,12 +106,15 @@ def check_overrides(overrides: Sequence[str], compose_error: Exception | None) -
     ``ValueError`` with the new key when ``compose_error`` names one of ``overrides``."""
     if compose_error is None:
         return
+    check_family_overrides(overrides, compose_error)
     text = str(compose_error)
     for override in overrides:
         key = key_of(override)
         if not key.startswith("model."):
             continue
         name = key.split(".")[1]
+        if name in MOVED_TO_DATA and f"'{key}'" in text:
+            raise ValueError(_moved_to_data_message(name, override.split("=", 1)[-1]))
         new = MOVED_EVERYWHERE.get(name) or MOVED_FOR_COUPLINGS.get(name)
         if new is not None and f"'{key}'" in text:
             raise ValueError(_moved_message(name, new))
@@ -288,11 +311,18 @@ def translate_model_config(old: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def translate_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """A pre-0.2 checkpoint with its model config translated and its weights renamed (the
-    couplings' ``tanh_scale (1, C, 1, 1)`` is now ``transform.tanh_scale (C,)``); a current
-    checkpoint is returned unchanged."""
-    if not is_legacy(checkpoint):
-        return checkpoint
+    """An old checkpoint as the current code reads it: a pre-0.2 one with its model config
+    translated and its weights renamed (the couplings' ``tanh_scale (1, C, 1, 1)`` is now
+    ``transform.tanh_scale (C,)``), then any with its networks' targets in ``glowlab.nets``
+    and without ``model.n_bits`` (``translate_networks``, ``drop_model_n_bits``)."""
+    if is_legacy(checkpoint):
+        checkpoint = _translate_0_1(checkpoint)
+    return _translate_model_config(
+        checkpoint, translate_networks, drop_model_n_bits, translate_family_parts
+    )
+
+
+def _translate_0_1(checkpoint: dict[str, Any]) -> dict[str, Any]:
     checkpoint = copy.copy(checkpoint)
     meta = dict(checkpoint["glowlab"])
     config = dict(meta.get("config") or {})
@@ -308,7 +338,270 @@ def translate_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return checkpoint
 
 
+def _translate_model_config(
+    checkpoint: dict[str, Any], *steps: Callable[[Mapping[str, Any]], dict[str, Any]]
+) -> dict[str, Any]:
+    """``checkpoint`` (a shallow copy) with ``steps`` applied in turn to its saved model
+    config; unchanged when it saved none."""
+    meta = checkpoint.get("glowlab") or {}
+    model = (meta.get("config") or {}).get("model")
+    if not isinstance(model, Mapping):
+        return checkpoint
+    for step in steps:
+        model = step(model)
+    return {**checkpoint, "glowlab": {**meta, "config": {**meta["config"], "model": model}}}
+
+
+MOVED_NETWORKS = {
+    "glowlab.bijections.conditioners.": "glowlab.nets.conditioners.",
+    "glowlab.bijections.autoregressive.MaskedConvConditioner": (
+        "glowlab.nets.masked.MaskedConvConditioner"
+    ),
+}
+"""Old ``_target_`` (or its module prefix, ending in ``.``) -> where the network lives now."""
+
+
+def translate_networks(model: Mapping[str, Any]) -> dict[str, Any]:
+    """A model config whose ``_target_``s (at any depth) name the networks' new modules:
+    ``glowlab.bijections.conditioners.GlowConditioner`` -> ``glowlab.nets.conditioners.
+    GlowConditioner`` (the classes and their weights are unchanged)."""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(value) for value in node]
+        if not isinstance(node, Mapping):
+            return node
+        new = {key: walk(value) for key, value in node.items()}
+        target = new.get("_target_")
+        if isinstance(target, str):
+            for old, now in MOVED_NETWORKS.items():
+                if target == old or (old.endswith(".") and target.startswith(old)):
+                    new["_target_"] = now + target.removeprefix(old)
+        return new
+
+    return walk(model)
+
+
+def drop_model_n_bits(model: Mapping[str, Any]) -> dict[str, Any]:
+    """A model config without ``n_bits``: the tools build the model for the checkpoint's
+    ``glowlab.n_bits`` (the data's bit depth it was trained on, the same number)."""
+    return {key: value for key, value in model.items() if key != "n_bits"}
+
+
 def _renamed(key: str) -> str:
     if key.endswith(".tanh_scale") and not key.endswith(".transform.tanh_scale"):
         return key.removesuffix("tanh_scale") + "transform.tanh_scale"
     return key
+
+
+# ---------------------------------------------------------------------- families from parts
+# TarFlow, Jet, flow matching and FFJORD took their layers' options flat until the layers got
+# nodes of their own (``model.block.*``, ``model.conditioner.*``, ``model.field.*``,
+# ``model.solver.*``, ``model.ode.*``) and the training losses became objectives
+# (``objective.*``). ``translate_family_parts`` rewrites a saved flat config of these recipes;
+# ``family_key_message`` names the new key of an old one.
+
+_PART = tuple[str, bool, dict[str, str]]
+"""A part node: its ``_target_``, whether it is a ``_partial_`` factory, and old flat key ->
+its key in the node."""
+
+_SOLVER: _PART = (
+    "glowlab.bijections.cnf.SolverOptions",
+    False,
+    {"solver": "solver", "rtol": "rtol", "atol": "atol", "step_size": "step_size"},
+)
+FAMILY_PARTS: dict[str, dict[str, _PART]] = {
+    "glowlab.models.tarflow": {
+        "block": (
+            "glowlab.bijections.tarflow.TarFlowBlock",
+            True,
+            {
+                k: k
+                for k in (
+                    "patch_size",
+                    "layers",
+                    "width",
+                    "heads",
+                    "mlp_ratio",
+                    "guidance",
+                    "inversion",
+                    "jacobi_tolerance",
+                    "jacobi_max_iterations",
+                    "bf16",
+                )
+            },
+        )
+    },
+    "glowlab.models.jet": {
+        "conditioner": (
+            "glowlab.nets.transformer.ViTConditioner",
+            True,
+            {
+                "block_depth": "depth",
+                "width": "width",
+                "heads": "heads",
+                "mlp_ratio": "mlp_ratio",
+                "bf16_conditioner": "bf16",
+            },
+        )
+    },
+    "glowlab.models.flow_matching": {
+        "field": (
+            "glowlab.nets.unet.UNet",
+            True,
+            {
+                k: k
+                for k in (
+                    "width",
+                    "channel_mults",
+                    "blocks",
+                    "attention_levels",
+                    "heads",
+                    "dropout",
+                    "scale_shift",
+                    "time_scale",
+                )
+            },
+        ),
+        "solver": _SOLVER,
+        "ode": (
+            "glowlab.bijections.cnf.ODEFlow",
+            True,
+            {"trace": "trace", "eval_trace": "eval_trace", "noise": "noise"},
+        ),
+    },
+    "glowlab.models.ffjord": {
+        "field": (
+            "glowlab.nets.dynamics.ConcatConvDynamics",
+            True,
+            {"width": "hidden", "layers": "layers"},
+        ),
+        "solver": _SOLVER,
+        "block": (
+            "glowlab.bijections.cnf.CNF",
+            True,
+            {k: k for k in ("time_length", "trace", "eval_trace", "noise", "adjoint")},
+        ),
+    },
+}
+"""Per recipe: its part nodes and the old flat keys each took over."""
+
+OLD_FAMILY_DEFAULTS = {
+    "glowlab.models.tarflow": {"patch_size": 4},
+    "glowlab.models.jet": {"width": 128},
+}
+"""The old recipes' defaults where the layer's own differ (a flat config without the key)."""
+
+SAMPLE_SOLVER_KEYS = ("sample_solver", "sample_rtol", "sample_atol", "sample_step_size")
+MOVED_TO_OBJECTIVE = {
+    "sigma_min": "objective=flow_matching objective.sigma_min",
+    "kinetic_weight": "objective=rnode objective.kinetic_weight",
+    "jacobian_weight": "objective=rnode objective.jacobian_weight",
+}
+_FAMILY_PRESETS = {
+    "tarflow": "glowlab.models.tarflow",
+    "jet": "glowlab.models.jet",
+    "fm": "glowlab.models.flow_matching",
+    "ffjord": "glowlab.models.ffjord",
+}
+"""Preset name prefix -> recipe, for a command line that names its preset."""
+
+
+def _family_new_key(target: str, key: str) -> str | None:
+    """The new spelling of flat key ``key`` of recipe ``target``, or None if it did not move."""
+    if key in MOVED_TO_OBJECTIVE and target in (
+        "glowlab.models.flow_matching",
+        "glowlab.models.ffjord",
+    ):
+        return MOVED_TO_OBJECTIVE[key]
+    if target == "glowlab.models.flow_matching" and key in SAMPLE_SOLVER_KEYS:
+        return (
+            f"model.sample_solver.{key.removeprefix('sample_')} (model.sample_solver is a "
+            "SolverOptions node like model.solver; null samples with model.solver)"
+        )
+    for node, (_, _, keys) in FAMILY_PARTS.get(target, {}).items():
+        if key in keys:
+            return f"model.{node}.{keys[key]}"
+    return None
+
+
+def family_key_message(target: str, key: str) -> str | None:
+    """One line naming where flat ``model.<key>`` of recipe ``target`` went, or None."""
+    new = _family_new_key(target, key)
+    if new is None:
+        return None
+    return (
+        f"model.{key} is no longer an option of {target.rsplit('.', 1)[-1]}: the layers' options "
+        f"live in their own nodes and the losses are objectives now; use {new}"
+    )
+
+
+def check_family_config(model: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the new key for an old flat key of a TarFlow, Jet, flow
+    matching or FFJORD model config."""
+    target = model.get("_target_", "")
+    nodes = {*FAMILY_PARTS.get(target, {}), "sample_solver"}  # old keys that are nodes now
+    for key in model:  # (values read only for the nodes: image_shape may be ??? here)
+        if key in nodes and not isinstance(model[key], str):
+            continue
+        message = family_key_message(target, key)
+        if message is not None:
+            raise ValueError(message)
+
+
+def check_family_overrides(overrides: Sequence[str], compose_error: Exception) -> None:
+    """Raise ``ValueError`` naming the new key when ``compose_error`` names an override of an
+    old flat key of the preset the command line chose (``model=<preset>``)."""
+    text = str(compose_error)
+    presets = [o.split("=", 1)[1] for o in overrides if key_of(o) == "model" and "=" in o]
+    targets = [
+        t for prefix, t in _FAMILY_PRESETS.items() if presets and presets[-1].startswith(prefix)
+    ]
+    for override in overrides:
+        key = key_of(override)
+        if not key.startswith("model.") or f"'{key}'" not in text:
+            continue
+        name = key.split(".")[1]
+        for target in targets or list(_FAMILY_PRESETS.values()):
+            message = family_key_message(target, name)
+            if message is not None:
+                raise ValueError(message)
+
+
+def translate_family_parts(model: Mapping[str, Any]) -> dict[str, Any]:
+    """A flat TarFlow, Jet, flow-matching or FFJORD model config with its layers' options in
+    their nodes (``FAMILY_PARTS``; the old recipes' defaults where a key is absent) and its
+    objective's options dropped (the tools need no objective); any other config as it is."""
+    target = model.get("_target_", "")
+    parts = FAMILY_PARTS.get(target)
+    if parts is None or any(isinstance(model.get(node), Mapping) for node in parts):
+        return dict(model)
+    old = {**OLD_FAMILY_DEFAULTS.get(target, {}), **model}
+    new = {k: v for k, v in model.items() if k not in MOVED_TO_OBJECTIVE}
+    for node, (node_target, partial, keys) in parts.items():
+        values = {keys[k]: old[k] for k in keys if k in old}
+        for k in keys:
+            new.pop(k, None)
+        new[node] = {"_target_": node_target, **({"_partial_": True} if partial else {}), **values}
+    if target == "glowlab.models.flow_matching":
+        new["sample_solver"] = _sample_solver(old)
+        for k in SAMPLE_SOLVER_KEYS[1:]:
+            new.pop(k, None)
+    return new
+
+
+def _sample_solver(old: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The old ``sample_*`` keys of a flow-matching config as a ``SolverOptions`` node (each
+    unset one as for the likelihood; a set ``sample_solver`` takes only ``sample_step_size``),
+    or None (sampling solves as the likelihood does)."""
+    solver = old.get("sample_solver")
+    rtol, atol = old.get("sample_rtol"), old.get("sample_atol")
+    if solver is None and rtol is None and atol is None:
+        return None
+    return {
+        "_target_": _SOLVER[0],
+        "solver": solver or old.get("solver", "dopri5"),
+        "rtol": old.get("rtol", 1e-5) if rtol is None else rtol,
+        "atol": old.get("atol", 1e-5) if atol is None else atol,
+        "step_size": old.get("sample_step_size") if solver is not None else old.get("step_size"),
+    }

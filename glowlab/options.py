@@ -44,8 +44,7 @@ TEMPERATURE = Range(float, 0, note="1 samples the model, 0 gives the mode")
 CLASS_INDEX = Range(int, 0)
 
 # ------------------------------------------------------------------------------ models
-MODEL_COMMON: dict[str, Spec] = {  # glowlab.models.assembly.assemble, through **common
-    "n_bits": optional(N_BITS),
+MODEL_COMMON: dict[str, Spec] = {  # glowlab.models.options.ModelOptions, a recipe's **shared
     "logit_alpha": Range(float, 0, 0.5, high_open=True, note="RealNVP uses 0.05"),
     "num_classes": optional(Range(int, 0, note="0 or null: unconditional")),
     "label_dropout": replace(PROBABILITY, note="0.1 is usual"),
@@ -132,12 +131,12 @@ PARTS: dict[str, dict[str, Spec]] = {
         "depth": COUNT,
         "sigma": replace(POSITIVE, example=0.05),
     },
-    "glowlab.bijections.conditioners.GlowConditioner": {
+    "glowlab.nets.conditioners.GlowConditioner": {
         "hidden": COUNT,
         "readout_reference": COUNT,
     },
-    "glowlab.bijections.conditioners.ResNetConditioner": {"hidden": COUNT, "blocks": COUNT},
-    "glowlab.bijections.conditioners.FlowPPConditioner": {
+    "glowlab.nets.conditioners.ResNetConditioner": {"hidden": COUNT, "blocks": COUNT},
+    "glowlab.nets.conditioners.FlowPPConditioner": {
         "hidden": COUNT,
         "blocks": COUNT,
         "heads": COUNT,

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from glowlab.bijections.base import Sequential, sum_except_batch
-from glowlab.bijections.conditioners import ZeroConv2d
 from glowlab.bijections.planar import Planar
+from glowlab.nets.conditioners import ZeroConv2d
 
 _LOG_2PI = math.log(2 * math.pi)
 

@@ -17,6 +17,14 @@ posterior mean ``E[x | y] = y + s²·∇_y log p(y)`` exactly, for any distribut
 flow trained on noisy images (``model/dequantization=gaussian``) is a model of ``p(y)``, so
 its own score gives a denoiser: :func:`tweedie_denoise`.
 
+**Sampling options.** A layer whose inverse has options of its own declares them:
+``sampling_options() -> {name: current value}`` and ``configure_sampling(**options)`` (and
+optionally ``sampling_report() -> {name: value}`` of its latest inverse), e.g. a TarFlow
+block's ``inversion``/``jacobi_tolerance``/``jacobi_max_iterations`` and an ODE block's
+``sample_solver``/``sample_rtol``/``sample_atol``/``sample_step_size``. A model's options are
+the union of its layers' plus ``guidance`` when it has guided parts; :func:`configure_sampling`
+routes each option to every layer that declares it, so the tools name no family.
+
 References: Ho & Salimans, "Classifier-free diffusion guidance", 2022; Efron, "Tweedie's
 formula and selection bias", 2011; Zhai et al., "Normalizing flows are capable generative
 models" (TarFlow), 2025.
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -89,3 +98,54 @@ def tweedie_denoise(log_density: Callable[[Tensor], Tensor], y: Tensor, std: flo
         y = y.detach().requires_grad_(True)
         (score,) = torch.autograd.grad(log_density(y).sum(), y)
     return y.detach() + std * std * score
+
+
+def _declaring(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if m is not model and hasattr(m, "sampling_options")]
+
+
+def sampling_options(model: nn.Module) -> dict[str, Any]:
+    """The sampling options of ``model`` with their current values (the first declaring
+    layer's, in model order): its layers' options, and ``guidance`` when it has guided parts."""
+    options: dict[str, Any] = {}
+    for layer in _declaring(model):
+        for name, value in layer.sampling_options().items():
+            options.setdefault(name, value)
+    parts = guided_parts(model)
+    if parts:
+        options["guidance"] = parts[0].guidance
+    return options
+
+
+def configure_sampling(model: nn.Module, **options: Any) -> dict[str, Any]:
+    """Set sampling options of ``model`` (names of :func:`sampling_options`); ``None`` values
+    are left as they are. Each goes to every layer that declares it; an option the model does
+    not have raises one ``ValueError`` line listing those it has. Returns the new options."""
+    options = {name: value for name, value in options.items() if value is not None}
+    known = sampling_options(model)
+    unknown = [name for name in options if name not in known]
+    if unknown:
+        have = ", ".join(sorted(known)) or "none"
+        raise ValueError(
+            f"this model has no sampling option {unknown[0]!r}; its options are: {have}"
+        )
+    if "guidance" in options:
+        weight = check_guidance(model, options.pop("guidance"))
+        for part in guided_parts(model):
+            part.guidance = weight
+    for layer in _declaring(model):
+        mine = {k: v for k, v in options.items() if k in layer.sampling_options()}
+        if mine:
+            layer.configure_sampling(**mine)
+    return sampling_options(model)
+
+
+def sampling_report(model: nn.Module) -> dict[str, list[Any]]:
+    """What the latest sampling did, per reporting layer in model order (e.g.
+    ``{"jacobi_iterations": [3, 2]}``); entries that are None for every layer are left out."""
+    report: dict[str, list[Any]] = {}
+    for layer in _declaring(model):
+        if hasattr(layer, "sampling_report"):
+            for name, value in layer.sampling_report().items():
+                report.setdefault(name, []).append(value)
+    return {name: values for name, values in report.items() if any(v is not None for v in values)}

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from glowlab.cli import hydra_app, run_cli
 from glowlab.console import say
-from glowlab.migration import check_model_config, check_resumable
+from glowlab.migration import check_model_config, check_resumable, translate_checkpoint
 from glowlab.outputs import OutputWriteError, write_text
 from glowlab.overrides import key_of
 from glowlab.training.callbacks import SampleGrid, StopOnSignal, TrainingInterrupted
@@ -82,6 +82,7 @@ def check_resume(cfg: DictConfig, ckpt_path: str, model: torch.nn.Module) -> int
     ``model`` (an allowed change must not change the architecture). Returns its step."""
     checkpoint = load_checkpoint(ckpt_path)
     check_resumable(checkpoint, ckpt_path)
+    checkpoint = translate_checkpoint(checkpoint)  # an older run's config as it reads today
     current = OmegaConf.to_container(cfg, resolve=True)
     allowed = list(cfg.get("allow_config_change") or [])
     check_config_unchanged(checkpoint, current, allowed, what=f"resume from {ckpt_path}")

@@ -42,9 +42,9 @@ CONF = Path(__file__).resolve().parents[1] / "glowlab" / "conf"
 
 
 SHRUNK = {  # recipe -> options that make one of its presets tiny (paper sizes in seconds)
-    "glowlab.models.tarflow": {"blocks": 1, "layers": 1, "width": 24},
-    "glowlab.models.jet": {"couplings": 2, "block_depth": 1, "width": 16},
-    "glowlab.models.flow_matching": {"width": 8, "blocks": 1, "attention_levels": []},
+    "glowlab.models.tarflow": {"blocks": 1, "block": {"layers": 1, "width": 24}},
+    "glowlab.models.jet": {"couplings": 2, "conditioner": {"depth": 1, "width": 16}},
+    "glowlab.models.flow_matching": {"field": {"width": 8, "blocks": 1, "attention_levels": []}},
 }
 
 

@@ -8,7 +8,8 @@ import functools
 import pytest
 import torch
 
-from glowlab.bijections.autoregressive import MaskedAutoregressive, MaskedConvConditioner
+from glowlab.bijections.autoregressive import MaskedAutoregressive
+from glowlab.nets.masked import MaskedConvConditioner
 from glowlab.transforms import Affine
 from tests.conftest import perturb_parameters
 

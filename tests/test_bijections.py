@@ -14,17 +14,15 @@ from glowlab.bijections import (
     Coupling,
     Dequantize,
     DiagonalScale,
-    GlowConditioner,
     InvConv1x1,
     InvConv1x1LU,
     Logit,
     Planar,
-    ResNetConditioner,
     Sequential,
     Shift,
     Squeeze,
 )
-from glowlab.bijections.conditioners import FlowPPConditioner
+from glowlab.nets.conditioners import FlowPPConditioner, GlowConditioner, ResNetConditioner
 from tests.conftest import perturb_parameters
 
 C, H, W = 4, 4, 4

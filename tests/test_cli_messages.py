@@ -128,13 +128,13 @@ def test_a_plus_key_the_target_does_not_take_names_the_closest_parameter(tmp_pat
     def build(cfg) -> None:
         instantiate(cfg.model, image_shape=[1, 8, 8], n_bits=8)
 
-    cfg = compose_run(tmp_path, ["+model.dpth=4"])
+    cfg = compose_run(tmp_path, ["+model.dpth=4"])  # the recipe names its own and shared options
     with pytest.raises(SystemExit) as info:
         run_cli("glowlab-train", build, cfg)
     message = str(info.value.code)
-    assert message.startswith("glowlab-train: error: model.dpth is not a parameter of model (")
-    assert "did you mean model.depth?" in message
-    assert "wrong type" not in message
+    assert message.startswith("glowlab-train: error: glow() has no option 'dpth' (did you mean")
+    assert "'depth'?); its own options are levels, depth" in message
+    assert "wrong type" not in message and "\n" not in message
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import glowlab
-from glowlab.bijections.conditioners import FlowPPConditioner
 from glowlab.conf import CONFIG_DIR
 from glowlab.migration import check_model_config, guard_command_line, translate_checkpoint
 from glowlab.models.parts import DequantizationChoice
+from glowlab.nets.conditioners import FlowPPConditioner
 from glowlab.transforms import Affine, LogisticMixture
 from tests.conftest import compose_run
 from tests.preset_reference import (
@@ -65,9 +65,8 @@ def test_preset_log_prob_is_unchanged_by_the_refactor(name: str) -> None:
     """float64 log p(x) of real images, after ActNorm init and a seeded perturbation, equals
     the value the code before the composable parts gave (tests/data/preset_log_probs.json)."""
     model, shape = build(name)
-    got = torch.tensor(reference_log_prob(model, real_images(shape)), dtype=torch.float64)
-    expected = torch.tensor(REFERENCE_VALUES[name], dtype=torch.float64)
-    assert torch.allclose(got, expected, atol=1e-6, rtol=0), (name, got - expected)
+    got = reference_log_prob(model, real_images(shape))
+    assert got == REFERENCE_VALUES[name], (name, got)  # bit-identical
 
 
 @pytest.mark.parametrize("name", sorted(PYTHON_API))
@@ -75,9 +74,8 @@ def test_python_api_builds_the_same_model_as_the_config(name: str) -> None:
     shape = model_config_shape(name)
     torch.manual_seed(0)
     model = PYTHON_API[name](shape)
-    got = torch.tensor(reference_log_prob(model, real_images(shape)), dtype=torch.float64)
-    expected = torch.tensor(REFERENCE_VALUES[name], dtype=torch.float64)
-    assert torch.allclose(got, expected, atol=1e-6, rtol=0), (name, got - expected)
+    got = reference_log_prob(model, real_images(shape))
+    assert got == REFERENCE_VALUES[name], (name, got)  # bit-identical
 
 
 def test_parts_compose_across_presets() -> None:
@@ -204,3 +202,92 @@ def test_translation_renames_the_tanh_scales() -> None:
     assert keys and all(k.endswith(".transform.tanh_scale") for k in keys)
     assert translated["glowlab"]["config"]["model"]["transform"]["scale"] == "exp_tanh"
     assert "coupling" not in translated["glowlab"]["config"]["model"]
+
+
+# ------------------------------------------- checkpoints of the code before families-from-parts
+BEFORE_PARTS = ["glow_5bit_af3475a", "maf_af3475a"]
+"""Written by a 2-step ``python -m glowlab.train`` of commit af3475a (``data=synthetic
+data.image_size=8``; the glow one with ``data.n_bits=5``); their JSON holds the log p of 3
+fixed images, the eval bpd and a sample's pixel sum that code gave."""
+GLOW_5BIT_RUN = [
+    "data=synthetic",
+    "data.image_size=8",
+    "data.n_bits=5",
+    "data.batch_size=8",
+    "data.val_size=16",
+    "model=glow_small",
+    "model.levels=2",
+    "model.depth=1",
+    "model.conditioner.hidden=8",
+    "trainer=cpu",
+    "trainer.max_epochs=-1",
+    "++trainer.limit_val_batches=1",
+    "++trainer.limit_test_batches=1",
+    "callbacks=minimal",
+    "logger=csv",
+]
+"""The overrides that wrote ``glow_5bit_af3475a.ckpt`` (with ``trainer.max_steps=2``)."""
+
+
+@pytest.mark.parametrize("name", BEFORE_PARTS)
+def test_checkpoint_from_before_the_parts_gives_the_same_numbers_in_the_tools(
+    name: str, tmp_path: Path
+) -> None:
+    """Its config names ``glowlab.bijections.conditioners.*`` and holds ``model.n_bits``: the
+    loader, glowlab-eval and sampling give exactly the numbers of the code that wrote it."""
+    from glowlab.tools import evaluate
+    from glowlab.tools.loading import load_flow
+
+    expected = json.loads((LEGACY / f"{name}.json").read_text())
+    ckpt = LEGACY / f"{name}.ckpt"
+    model, _ = load_flow(ckpt)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        assert int(model.sample(2, temperature=0.7).long().sum()) == expected["sample_sum"]
+    model = model.double()
+    x = torch.randint(0, 2**model.n_bits, (3, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        assert model.log_prob(x.to(torch.uint8), noise=noise).tolist() == expected["log_prob"]
+    args = [f"ckpt={ckpt}", "device=cpu", "progress=false", "max_images=4", "samples=1"]
+    result = evaluate.main(compose_run(tmp_path / "eval", args, config_name="eval"))
+    assert result["bpd"] == expected["eval_bpd"]
+
+
+def test_translation_moves_the_networks_and_drops_model_n_bits() -> None:
+    checkpoint = torch.load(LEGACY / "glow_5bit_af3475a.ckpt", weights_only=False)
+    assert checkpoint["glowlab"]["config"]["model"]["n_bits"] == 8  # the preset's, ignored
+    translated = translate_checkpoint(checkpoint)
+    model = translated["glowlab"]["config"]["model"]
+    assert model["conditioner"]["_target_"] == "glowlab.nets.conditioners.GlowConditioner"
+    assert "n_bits" not in model and translated["glowlab"]["n_bits"] == 5
+    assert translate_checkpoint(translated) == translated
+    assert checkpoint["glowlab"]["config"]["model"]["n_bits"] == 8  # the input is left alone
+    old = translate_checkpoint(torch.load(LEGACY / "glow_affine.ckpt", weights_only=True))
+    assert old["glowlab"]["config"]["model"]["conditioner"]["_target_"].startswith("glowlab.nets")
+
+
+@pytest.mark.slow
+def test_run_from_before_the_parts_resumes(tmp_path: Path) -> None:
+    """Its saved config, translated, matches today's config of the same command."""
+    from glowlab.train import train
+
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes((LEGACY / "glow_5bit_af3475a.ckpt").read_bytes())
+    run = [
+        *GLOW_5BIT_RUN,
+        "trainer.max_steps=3",
+        "module.resume_schedule=rebuild",
+        f"ckpt_path={ckpt}",
+    ]
+    assert train(compose_run(tmp_path / "run", run))["steps"] == 3
+
+
+def test_model_n_bits_names_data_n_bits() -> None:
+    """The model is built for the data's bit depth: a saved command or config that sets
+    ``model.n_bits`` stops with one line naming ``data.n_bits``."""
+    message = r"model\.n_bits is no longer an option.*set data\.n_bits=5 instead"
+    with pytest.raises(SystemExit, match=message):
+        guard_command_line("glowlab-train", CONFIG_DIR, "train", ["model.n_bits=5"])
+    with pytest.raises(ValueError, match=message):
+        check_model_config({"_target_": "glowlab.models.glow", "n_bits": 5})

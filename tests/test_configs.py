@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger
 
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.train import train
@@ -44,17 +46,29 @@ def test_group_option_composes_and_instantiates(tmp_path: Path, group: str, opti
         assert len(datamodule.image_shape) == 3
     elif group == "model":
         shape = model_config_shape(option)
-        model = instantiate(cfg.model, image_shape=shape, **shrunk(cfg.model))
-        assert isinstance(model, MultiscaleFlow)
+        model = instantiate(cfg.model, image_shape=shape, n_bits=5, **shrunk(cfg.model))
+        assert isinstance(model, MultiscaleFlow) and model.n_bits == 5
+        assert model.image_shape == tuple(shape) and sum(p.numel() for p in model.parameters())
+        x = torch.randint(0, 32, (2, *shape), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            log_prob = model.eval().log_prob(x.to(torch.uint8))
+        assert log_prob.shape == (2,) and torch.isfinite(log_prob).all()
     elif group in ("optimizer", "scheduler"):
         params = [torch.nn.Parameter(torch.zeros(2))]
         optimizer = instantiate(cfg.module.optimizer)(params)
-        assert instantiate(cfg.module.scheduler)(optimizer, total_steps=10) is not None
+        scheduler = instantiate(cfg.module.scheduler)(optimizer, total_steps=10)
+        assert isinstance(optimizer, torch.optim.Optimizer)
+        assert isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler)
+        optimizer.step()
+        scheduler.step()
+        assert all(0 < lr < 1 for lr in scheduler.get_last_lr())
     elif group in ("callbacks", "logger"):
-        for node in instantiate_nodes(cfg.get(group)):
-            assert node is not None
+        nodes = instantiate_nodes(cfg.get(group))
+        assert all(isinstance(node, L.Callback | Logger) for node in nodes)
+        assert nodes or option in ("none", "minimal"), f"{group}={option} built nothing"
     elif group == "trainer" and option in ("cpu", "default", "ddp_cpu"):
-        assert instantiate(cfg.trainer) is not None
+        trainer = instantiate(cfg.trainer)
+        assert isinstance(trainer, L.Trainer) and trainer.num_devices >= 1
     else:  # GPU trainers and debug presets: composition alone on this CPU machine
         assert cfg.trainer.accelerator
 
@@ -87,7 +101,10 @@ def _narrow(model) -> None:
     """A tiny model of the experiment's layout: ``shrunk`` sizes, 8 hidden channels."""
     sizes = shrunk(model)
     for key, value in sizes.items():
-        model[key] = value
+        if isinstance(value, dict):  # a part node (model.block, model.field): its sizes only
+            model[key].update(value)
+        else:
+            model[key] = value
     if "conditioner" in model:
         model.conditioner.hidden = 8
     elif "width" in model and "width" not in sizes:

@@ -16,7 +16,6 @@ from torch.distributions import Normal
 from glowlab.bijections import (
     ActNorm,
     Coupling,
-    GlowConditioner,
     InvConv1x1LU,
     Sequential,
     Shift,
@@ -25,6 +24,7 @@ from glowlab.bijections import (
 from glowlab.bijections.dequantization import VariationalDequantizer, coupling_masks
 from glowlab.data import ImageDataModule
 from glowlab.models import Level, MultiscaleFlow
+from glowlab.nets.conditioners import GlowConditioner
 from glowlab.priors import LearnedPrior
 from glowlab.tools import evaluate
 from glowlab.tools.likelihood import (

@@ -25,21 +25,24 @@ PRESETS = {
         0.5,
     ),
     "resflow": (["model.depth=1", "model.width=16", "module.optimizer.lr=2e-2"], "train/bpd", 0.5),
-    "ffjord": (["model.depth=1", "model.width=8"], "train/bpd", 0.5),
-    "ffjord_rnode": (["model.depth=1", "model.width=8"], "train/bpd", 0.5),
+    "ffjord": (["model.depth=1", "model.field.hidden=8"], "train/bpd", 0.5),
+    "ffjord_rnode": (["model.depth=1", "model.field.hidden=8"], "train/bpd", 0.5),
     "maf": (["model.depth=1", "model.width=16"], "train/bpd", 0.5),
     "tarflow": (
-        ["model.blocks=2", "model.layers=1", "model.width=32", "module.optimizer.lr=2e-3"],
+        ["model.blocks=2", "model.block.layers=1", "model.block.width=32"]
+        + ["module.optimizer.lr=2e-3"],
         "train/bpd",
         0.5,
     ),
     "jet": (
-        ["model.couplings=2", "model.block_depth=1", "model.width=32", "module.optimizer.lr=2e-3"],
+        ["model.couplings=2", "model.conditioner.depth=1", "model.conditioner.width=32"]
+        + ["module.optimizer.lr=2e-3"],
         "train/bpd",
         0.5,
     ),
     "fm": (  # trained by regression: its loss falls, its bpd is only evaluated
-        ["model.width=8", "model.rtol=1e-3", "model.atol=1e-3", "data.eval_batch_size=16"],
+        ["model.field.width=8", "model.solver.rtol=1e-3", "model.solver.atol=1e-3"]
+        + ["data.eval_batch_size=16"],
         "train/fm_loss",
         0.1,
     ),
@@ -71,7 +74,7 @@ def test_preset_trains_and_every_tool_runs_on_its_checkpoint(
     x = fmnist_images[:2]
     for block in model.modules():  # ODE families: exact integers need a tight solve
         if isinstance(block, ODEFlow):
-            block.solve = block.inverse_solve = SolverOptions("dopri5", 1e-7, 1e-7)
+            block.solver = block.sample_solver = SolverOptions("dopri5", 1e-7, 1e-7)
     with torch.no_grad():
         assert torch.equal(model.decode(model.encode(x)), x)
     samples = model.sample(2, temperature=0.7)
@@ -105,4 +108,5 @@ def _every_tool(preset: str, ckpt: str, out: Path, images: torch.Tensor) -> None
     if preset == "tarflow":  # parallel inversion from the command line, iterations reported
         args = [*common, "n=2", "temperatures=[0.7]", "inversion=jacobi"]
         result = sample.main(compose_run(out / "jacobi", args, config_name="sample"))
-        assert result["inversion"] == "jacobi" and len(result["jacobi_iterations"]) == 2
+        sampling = result["sampling"]
+        assert sampling["inversion"] == "jacobi" and len(sampling["jacobi_iterations"]) == 2

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from glowlab.bijections import Sequential, Shift, Squeeze
-from glowlab.bijections.conditioners import ActNormConv2d, ZeroConv2d
 from glowlab.compilation import compile_levels
 from glowlab.models import glow, nice, realnvp
+from glowlab.nets.conditioners import ActNormConv2d, ZeroConv2d
 from glowlab.profiling import saved_activation_bytes
 from tests.conftest import perturb_parameters
 

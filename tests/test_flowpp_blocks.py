@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from glowlab.bijections import Coupling
-from glowlab.bijections.conditioners import FlowPPConditioner
+from glowlab.nets.conditioners import FlowPPConditioner
 from glowlab.transforms import LogisticMixture
 from glowlab.transforms.mixture import CENTRE_SPREAD, logistic_mixture_transform
 from tests.conftest import perturb_parameters

@@ -4,12 +4,16 @@ mechanism reaches TarFlow blocks."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 import glowlab
+from glowlab.bijections.tarflow import TarFlowBlock
+from glowlab.objectives import Likelihood
 from glowlab.priors import LearnedPrior, gaussian_log_prob
-from glowlab.sampling import guidance, guided_parts
+from glowlab.sampling import configure_sampling, guidance, guided_parts
 
 CLASSES = 3
 
@@ -38,11 +42,11 @@ def test_label_dropout_trains_the_null_class() -> None:
     x = torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8)
     y = torch.arange(32) % CLASSES
     model.train()
-    model.objective(x, y).loss.backward()
+    Likelihood()(model, x, y).loss.backward()
     assert top.class_embedding.weight.grad[CLASSES].abs().sum() > 0  # the null row learns
     model.zero_grad()
     model.eval()  # no dropout in evaluation: the null row gets no gradient
-    model.objective(x, y).loss.backward()
+    Likelihood()(model, x, y).loss.backward()
     assert top.class_embedding.weight.grad[CLASSES].abs().sum() == 0
     # y=None is the unconditional model: the null class
     null = torch.full((32,), CLASSES)
@@ -130,21 +134,16 @@ def test_guidance_needs_a_model_trained_with_label_dropout() -> None:
 
 
 def test_the_same_mechanism_reaches_tarflow_blocks() -> None:
-    from glowlab.bijections.tarflow import configure_sampling, tarflow_blocks
-
     torch.manual_seed(0)
     model = glowlab.tarflow(
         image_shape=(1, 8, 8),
-        patch_size=4,
         blocks=2,
-        layers=1,
-        width=16,
-        heads=2,
+        block=functools.partial(TarFlowBlock, patch_size=4, layers=1, width=16, heads=2),
         num_classes=CLASSES,
         label_dropout=0.1,
         preprocess="shift",
     ).eval()
-    blocks = tarflow_blocks(model)
+    blocks = [m for m in model.modules() if isinstance(m, TarFlowBlock)]
     assert set(map(id, guided_parts(model))) == set(map(id, blocks))
     for block in blocks:
         torch.nn.init.normal_(block.class_embedding.weight)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from pathlib import Path
@@ -11,11 +12,15 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from glowlab.bijections import Sequential, Shift
-from glowlab.bijections.conditioners import FlowPPConditioner
+from glowlab.bijections import ActNorm, Sequential, Shift, Squeeze
+from glowlab.bijections.cnf import CNF, SolverOptions
 from glowlab.models import Level, MultiscaleFlow, ffjord, glow, maf, nice, realnvp, resflow
-from glowlab.models.parts import DequantizationChoice
-from glowlab.priors import StandardNormal
+from glowlab.models.assembly import assemble
+from glowlab.models.options import ModelOptions
+from glowlab.models.parts import DequantizationChoice, PriorChoice
+from glowlab.nets.conditioners import FlowPPConditioner
+from glowlab.nets.dynamics import ConcatConvDynamics
+from glowlab.priors import LearnedPrior, StandardNormal
 from glowlab.transforms import Affine, LogisticMixture, Spline
 from tests.conftest import model_config_shape, perturb_parameters, shrunk
 
@@ -69,11 +74,9 @@ TINY = {
         (1, 4, 4),
         levels=1,
         depth=1,
-        width=4,
-        trace="exact",
-        eval_trace="exact",
-        rtol=1e-10,
-        atol=1e-10,
+        field=functools.partial(ConcatConvDynamics, hidden=4),
+        solver=SolverOptions(rtol=1e-10, atol=1e-10),
+        block=functools.partial(CNF, trace="exact", eval_trace="exact"),
         **kw,
     ),
     "maf": lambda **kw: maf((1, 8, 8), levels=2, depth=2, width=8, **kw),
@@ -221,15 +224,56 @@ def test_class_conditional_prior_needs_labels() -> None:
         (lambda: realnvp((1, 8, 8), conditioner="mlp"), r"conditioner='mlp'"),
         (lambda: glow((1, 8, 8), dequantization="dither"), r"dequantization='dither'"),
         (lambda: glow((1, 8, 8), prior="planar", num_classes=3), r"planar.*not class-cond"),
+        (lambda: maf((1, 8, 8), label_dropout=0.1), r"label_dropout=0.1 needs a class-cond"),
+        (lambda: nice((1, 8, 8), labels="blocks"), r"nice\(\) puts class labels in its prior"),
+        (lambda: realnvp((1, 8, 8), memory_saving="all"), r"memory_saving='all'"),
+        (
+            lambda: glow((1, 8, 8), dequantization="gaussian", preprocess="logit"),
+            r"gaussian.*set model.preprocess=shift",
+        ),
         (lambda: glow((1, 8, 8), conditioner="flowpp", width=6), r"heads=4.*divide hidden=6"),
         (lambda: resflow((1, 8, 8), memory_saving="reversible"), r"use memory_saving='checkp"),
         (lambda: maf((1, 8, 8), direction="left"), r"direction='left'"),
-        (lambda: ffjord((1, 8, 8), solver="magic"), r"solver='magic'"),
+        (lambda: ffjord((1, 8, 8), solver=SolverOptions("magic")), r"solver='magic'"),
     ],
 )
 def test_bad_model_options_are_named(build, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_an_unknown_option_is_named_with_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"^glow\(\) has no option 'levles' \(did you mean 'le"):
+        glow((1, 8, 8), levles=2)
+    with pytest.raises(ValueError, match=r"'levels'\?\); its own options are levels, depth, tr"):
+        glow((1, 8, 8), levles=2)
+    with pytest.raises(ValueError, match=r"the shared ones n_bits, preprocess, logit_alpha"):
+        maf((1, 8, 8), colour=True)
+
+
+def test_shared_options_are_one_checked_object() -> None:
+    options = ModelOptions(prior="planar", dequantization="variational", num_classes=0)
+    assert options.prior == PriorChoice("planar") and options.dequantization.kind == "variational"
+    assert options.num_classes is None and options.prior_classes is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.n_bits = 5  # type: ignore[misc]
+    blocks = ModelOptions(num_classes=3, label_dropout=0.1, labels="blocks", prior="planar")
+    assert (blocks.num_classes, blocks.prior_classes) == (3, None)
+    with pytest.raises(ValueError, match=r"labels='y' is not supported"):
+        ModelOptions(labels="y")
+
+
+@pytest.mark.parametrize("labels", ["prior", "blocks"])
+def test_labels_go_to_the_prior_or_to_the_layers(labels: str) -> None:
+    """The model gets its classes and label dropout when built (nothing is set afterwards);
+    only labels="prior" makes the (learned) top prior class-conditional."""
+    options = ModelOptions(n_bits=5, num_classes=3, label_dropout=0.25, labels=labels)
+    model = assemble((1, 8, 8), [([Squeeze(), ActNorm(4)], (4, 4, 4))], options)
+    assert (model.n_bits, model.num_classes, model.label_dropout) == (5, 3, 0.25)
+    top = model.levels[-1].prior
+    assert isinstance(top, LearnedPrior)
+    conditional = labels == "prior"
+    assert (top.num_classes, top.label_dropout) == ((3, 0.25) if conditional else (None, 0.0))
 
 
 def test_bad_images_are_named() -> None:
@@ -246,8 +290,8 @@ def test_bad_images_are_named() -> None:
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "model").glob("*.yaml")))
 def test_model_configs_instantiate(name: str) -> None:
-    with initialize_config_dir(str(CONF / "model"), version_base="1.3"):
-        cfg = compose(config_name=name)
+    with initialize_config_dir(str(CONF), version_base="1.3"):  # presets may pick an objective
+        cfg = compose(config_name="train", overrides=[f"model={name}"]).model
     shape = model_config_shape(name)
     overrides = shrunk(cfg) if shape[0] == 3 else {}  # paper sizes: small, same layout
     model = instantiate(cfg, image_shape=shape, **overrides)

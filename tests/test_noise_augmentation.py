@@ -19,6 +19,7 @@ from glowlab.bijections.base import Sequential
 from glowlab.bijections.elementwise import DiagonalScale, Shift
 from glowlab.models.multiscale import Level, MultiscaleFlow
 from glowlab.models.parts import DequantizationChoice
+from glowlab.objectives import Likelihood
 from glowlab.priors import LearnedPrior
 from glowlab.report import collect, markdown
 from glowlab.tools.evaluate import evaluate
@@ -82,7 +83,7 @@ def test_uniform_models_keep_the_discrete_names() -> None:
     noisy = glowlab.glow(
         image_shape=(1, 8, 8), levels=2, depth=1, width=8, dequantization=GAUSSIAN
     )
-    objective = noisy.objective(x)
+    objective = Likelihood()(noisy, x)
     assert set(objective.logs) == {"noisy_bpd", "noisy_prior_bpd", "noisy_logdet_bpd"}
     assert objective.loss == objective.logs["noisy_bpd"]
 

@@ -300,8 +300,8 @@ def _python_cases():
     import torch
 
     from glowlab import models
-    from glowlab.bijections.conditioners import GlowConditioner, ResNetConditioner
     from glowlab.models.parts import PriorChoice
+    from glowlab.nets.conditioners import GlowConditioner, ResNetConditioner
     from glowlab.training.callbacks import ReconstructionMonitor, SampleGrid
     from glowlab.training.schedules import warmup_cosine
 

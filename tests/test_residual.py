@@ -6,11 +6,8 @@ import pytest
 import torch
 
 from glowlab.bijections.base import Sequential
-from glowlab.bijections.residual import (
-    ResidualBlock,
-    SpectralNormConv2d,
-    log_det_power_series,
-)
+from glowlab.bijections.residual import ResidualBlock, log_det_power_series
+from glowlab.nets.lipschitz import SpectralNormConv2d
 from tests.conftest import perturb_parameters
 
 C, H, W, HIDDEN = 2, 4, 4, 8

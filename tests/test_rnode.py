@@ -4,6 +4,7 @@ training loss changed and the bpd not, and a real training run."""
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -12,13 +13,17 @@ import pytest
 import torch
 from torch import nn
 
-from glowlab.bijections.cnf import CNF, ODEFlow, SolverOptions
+from glowlab.bijections.cnf import CNF, ODEFlow, SolverOptions, recording_regularizers
 from glowlab.models.families import ffjord
+from glowlab.models.recipes import glow
+from glowlab.nets.dynamics import ConcatConvDynamics
+from glowlab.objectives import RNODE, Likelihood
 from tests.conftest import perturb_parameters, train_briefly
 
 SHAPE = (1, 2, 2)  # D = 4
 D = 4
 TIGHT = {"rtol": 1e-10, "atol": 1e-10}
+HIDDEN_8 = functools.partial(ConcatConvDynamics, hidden=8)
 
 
 class LinearField(nn.Module):
@@ -58,8 +63,9 @@ def _kinetic_by_quadrature(a: torch.Tensor, x0: torch.Tensor, t0: float, t1: flo
 
 def test_zero_dynamics_have_zero_regularizers() -> None:
     for trace in ("exact", "hutchinson"):
-        block = CNF(1, hidden=8, trace=trace, kinetic_weight=1.0, jacobian_weight=1.0).double()
-        z, logdet = block.train()(_inputs())  # a fresh block is f ≡ 0
+        block = CNF(1, HIDDEN_8, trace=trace).double()
+        with recording_regularizers(block):
+            z, logdet = block.train()(_inputs())  # a fresh block is f ≡ 0
         reg = block.last_regularizers
         assert torch.equal(reg["kinetic"], torch.zeros(3, dtype=torch.float64))
         assert torch.equal(reg["jacobian"], torch.zeros(3, dtype=torch.float64))
@@ -68,16 +74,9 @@ def test_zero_dynamics_have_zero_regularizers() -> None:
 
 def test_symmetric_linear_field_matches_the_closed_form() -> None:
     a, x0, T = _matrix(symmetric=True), _inputs(), 0.7
-    block = CNF(
-        1,
-        time_length=T,
-        trace="exact",
-        kinetic_weight=1.0,
-        jacobian_weight=1.0,
-        dynamics=LinearField(a),
-        **TIGHT,
-    )
-    z, logdet = block.train()(x0)
+    block = CNF(1, lambda c: LinearField(a), SolverOptions(**TIGHT), time_length=T, trace="exact")
+    with recording_regularizers(block):
+        z, logdet = block.train()(x0)
     # A = Q diag(λ) Qᵀ, c = Qᵀ x0: ½‖A x(t)‖² = ½ Σ λ² c² e^{2λt}
     lam, q = torch.linalg.eigh(a)
     c = x0.reshape(3, D) @ q
@@ -100,10 +99,9 @@ def test_general_linear_field_either_direction(t_data: float, t_latent: float) -
         t_latent,
         SolverOptions("dopri5", **TIGHT),
         trace="exact",
-        kinetic_weight=1.0,
-        jacobian_weight=1.0,
     )
-    _, logdet = block.train()(x0)
+    with recording_regularizers(block):
+        _, logdet = block.train()(x0)
     reg = block.last_regularizers
     kinetic = _kinetic_by_quadrature(a, x0.reshape(3, D), t_data, t_latent)
     span = abs(t_latent - t_data)
@@ -115,9 +113,10 @@ def test_general_linear_field_either_direction(t_data: float, t_latent: float) -
 
 def test_hutchinson_jacobian_norm_is_unbiased() -> None:
     a, draws = _matrix(symmetric=False), 4000
-    block = CNF(1, jacobian_weight=1.0, dynamics=LinearField(a), **TIGHT).double()
+    block = CNF(1, lambda c: LinearField(a), SolverOptions(**TIGHT)).double()
     torch.manual_seed(0)
-    block.train()(_inputs(1).repeat(draws, 1, 1, 1))  # one probe per row
+    with recording_regularizers(block):
+        block.train()(_inputs(1).repeat(draws, 1, 1, 1))  # one probe per row
     estimates = block.last_regularizers["jacobian"].detach()
     standard_error = estimates.std() / draws**0.5
     assert estimates.std() > 0.1  # noisy: the check below is not vacuous
@@ -125,20 +124,20 @@ def test_hutchinson_jacobian_norm_is_unbiased() -> None:
 
 
 def test_regularizers_only_in_training_and_only_when_asked() -> None:
-    block = CNF(1, hidden=8, kinetic_weight=0.5).double()
+    block = CNF(1, HIDDEN_8).double()
     perturb_parameters(block, 0.2)
-    with torch.no_grad():
+    with torch.no_grad(), recording_regularizers(block) as blocks:
         block.eval()(_inputs())
-    assert block.last_regularizers is None and block.regularization_loss() is None
-    plain = CNF(1, hidden=8).double().train()
-    plain(_inputs())
-    assert plain.last_regularizers is None
+    assert blocks == [block] and block.last_regularizers is None
+    block.train()(_inputs())
+    assert block.last_regularizers is None and not block.record_regularizers
 
 
-def _tiny_ffjord(**options):
+def _tiny_ffjord(adjoint: bool = False, tolerance: float = 1e-6):
     torch.manual_seed(0)
-    options = {"rtol": 1e-6, "atol": 1e-6, **options}
-    model = ffjord((1, 4, 4), levels=1, depth=2, width=8, **options)
+    solver = SolverOptions(rtol=tolerance, atol=tolerance)
+    block = functools.partial(CNF, adjoint=adjoint)
+    model = ffjord((1, 4, 4), levels=1, depth=2, field=HIDDEN_8, solver=solver, block=block)
     model = model.double()
     perturb_parameters(model, 0.2)
     return model
@@ -150,11 +149,9 @@ def test_regularizers_change_the_loss_but_not_the_bpd() -> None:
     blocks = [m for m in model.modules() if isinstance(m, CNF)]
     assert len(blocks) == 2
     torch.manual_seed(5)
-    plain = model.train().objective(x)
-    for block in blocks:
-        block.kinetic_weight, block.jacobian_weight = 0.3, 0.2
+    plain = Likelihood()(model.train(), x)
     torch.manual_seed(5)  # the same dequantisation noise and Hutchinson probes
-    regularized = model.objective(x)
+    regularized = RNODE(kinetic_weight=0.3, jacobian_weight=0.2)(model, x)
     assert set(plain.logs) == {"bpd", "prior_bpd", "logdet_bpd", "dequant_bpd", "nfe"}
     assert {"kinetic", "jacobian", "loss", "nfe"} <= set(regularized.logs)
     # the true bpd, and the solve itself (the regularisers do not steer the step size)
@@ -174,12 +171,10 @@ def test_regularizers_change_the_loss_but_not_the_bpd() -> None:
 def test_adjoint_gradients_of_the_regularized_loss_match_direct_backprop() -> None:
     grads = []
     for adjoint in (False, True):
-        model = _tiny_ffjord(
-            adjoint=adjoint, kinetic_weight=0.1, jacobian_weight=0.1, rtol=1e-9, atol=1e-9
-        )
+        model = _tiny_ffjord(adjoint=adjoint, tolerance=1e-9)
         x = torch.randint(0, 256, (2, 1, 4, 4), generator=torch.Generator().manual_seed(2))
         torch.manual_seed(3)
-        model.train().objective(x.to(torch.uint8)).loss.backward()
+        RNODE(0.1, 0.1)(model.train(), x.to(torch.uint8)).loss.backward()
         grads.append([p.grad for p in model.parameters()])
     for direct, adjoint in zip(*grads, strict=True):
         assert torch.allclose(direct, adjoint, atol=1e-7, rtol=1e-5)
@@ -187,8 +182,14 @@ def test_adjoint_gradients_of_the_regularized_loss_match_direct_backprop() -> No
 
 @pytest.mark.parametrize("option", ["kinetic_weight", "jacobian_weight"])
 def test_negative_weights_are_refused(option: str) -> None:
-    with pytest.raises(ValueError, match=rf"{option}=-0.1 must be >= 0"):
-        CNF(1, **{option: -0.1})
+    with pytest.raises(ValueError, match=rf"objective\.{option}=-0.1 must be >= 0"):
+        RNODE(**{option: -0.1})
+
+
+def test_rnode_refuses_a_model_without_ode_blocks() -> None:
+    with pytest.raises(ValueError, match=r"objective=rnode .* has none; use objective=likeli"):
+        RNODE().check(glow((1, 8, 8), levels=1, depth=1, width=8))
+    RNODE().check(_tiny_ffjord())
 
 
 @pytest.mark.slow
@@ -196,7 +197,7 @@ def test_ffjord_rnode_trains_and_logs_its_regularizers(tmp_path: Path) -> None:
     overrides = [
         "model=ffjord_rnode",
         "model.depth=1",
-        "model.width=8",
+        "model.field.hidden=8",
         "data.train_subset=256",
         "module.optimizer.lr=5e-3",
         "module.scheduler.warmup_steps=2",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 import glowlab
-from glowlab.bijections.conditioners import ZeroConv2d, readout_step_scale
+from glowlab.nets.conditioners import ZeroConv2d, readout_step_scale
 
 
 def _adam_trajectory(

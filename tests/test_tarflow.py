@@ -11,10 +11,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
-from glowlab.bijections import Coupling, Patchify, Sequential, TarFlowBlock, ViTConditioner
-from glowlab.bijections.tarflow import configure_sampling, tarflow_blocks
-from glowlab.bijections.vit import patchify, unpatchify
+from glowlab.bijections import Coupling, Patchify, Sequential, TarFlowBlock
 from glowlab.models import MultiscaleFlow, jet, tarflow
+from glowlab.nets.transformer import ViTConditioner, patchify, unpatchify
+from glowlab.sampling import configure_sampling, sampling_options, sampling_report
 from glowlab.transforms import transform_factory
 from tests.conftest import CONF, perturb_parameters
 
@@ -48,6 +48,14 @@ COUPLINGS = {
 
 def tarflow_affine_plain():
     return transform_factory("affine", scale="soft_clamp")
+
+
+def tarflow_blocks(model: torch.nn.Module) -> list[TarFlowBlock]:
+    return [m for m in model.modules() if isinstance(m, TarFlowBlock)]
+
+
+def _block_factory(**options):
+    return functools.partial(TarFlowBlock, **{"patch_size": 2, "heads": 2, **options})
 
 
 def _labels(layer: torch.nn.Module, n: int) -> torch.Tensor | None:
@@ -195,9 +203,8 @@ def test_label_dropout_is_one_draw_per_image_for_all_blocks() -> None:
     """In training the model drops each label once: every block sees the same label, so each
     image's logdet is the fully conditional or the fully unconditional one, never a mix."""
     torch.manual_seed(0)
-    model = tarflow(
-        SHAPE, 2, blocks=3, layers=1, width=16, heads=2, num_classes=3, label_dropout=0.5
-    ).double()
+    block = _block_factory(layers=1, width=16)
+    model = tarflow(SHAPE, blocks=3, block=block, num_classes=3, label_dropout=0.5).double()
     perturb_parameters(model, 0.1)
     x = torch.randint(0, 256, (64, *SHAPE))
     y = torch.arange(64) % 3
@@ -247,10 +254,17 @@ def test_reversible_memory_saving_refuses_jacobi_blocks() -> None:
         (lambda: TarFlowBlock(SHAPE, 2, num_classes=3, label_dropout=1.0), r"\[0, 1\)"),
         (lambda: TarFlowBlock(SHAPE, 2, jacobi_max_iterations=0), r"jacobi_max_iterations=0"),
         (lambda: TarFlowBlock(SHAPE, 4), r"patch_size=4 makes the 4×4 image a single token"),
-        (lambda: tarflow((1, 8, 8), levels=2), r"tarflow is single-scale.*blocks="),
+        (lambda: tarflow((1, 8, 8), levels=2), r"tarflow\(\) has no option 'levels'.*blocks"),
         (lambda: jet((1, 8, 8), patch_size=3), r"patch_size=3 does not divide"),
         (lambda: jet((1, 8, 8), patch_size=1), r"even patch_size or channel_couplings=0"),
-        (lambda: configure_sampling(tarflow((1, 8, 8), 2, 1, 1, 16), guidance=1.0), "num_clas"),
+        (
+            lambda: configure_sampling(tarflow((1, 8, 8), 1, _block_factory()), guidance=1.0),
+            "no sampling option 'guidance'; its options are: inversion, jacobi_max_",
+        ),
+        (
+            lambda: configure_sampling(tarflow((1, 8, 8), 1, _block_factory()), inversion="x"),
+            r"inversion='x'",
+        ),
     ],
 )
 def test_bad_options_are_named(build, message: str) -> None:
@@ -266,20 +280,17 @@ def test_bad_labels_are_named() -> None:
 
 # ------------------------------------------------------------------ whole models
 MODELS = {
-    "tarflow": lambda: tarflow((1, 8, 8), patch_size=2, blocks=2, layers=1, width=16, heads=2),
+    "tarflow": lambda: tarflow((1, 8, 8), 2, _block_factory(layers=1, width=16)),
     "tarflow_spline_logit_classes": lambda: tarflow(
         (1, 4, 4),
-        patch_size=2,
         blocks=3,
-        layers=1,
-        width=16,
-        heads=2,
+        block=_block_factory(layers=1, width=16),
         transform=transform_factory("spline", bins=4),
         num_classes=3,
         label_dropout=0.1,
         preprocess="logit",
     ),
-    "jet": lambda: jet((1, 8, 8), patch_size=2, couplings=5, block_depth=1, width=16, heads=2),
+    "jet": lambda: jet((1, 8, 8), patch_size=2, couplings=5, conditioner=vit),
 }
 
 
@@ -324,19 +335,25 @@ def test_model_jacobi_sampling_matches_sequential_and_guidance_changes_samples()
     eps = model.latent_noise(4, seed=7)
     eps = [e.double() for e in eps]
     sequential = model.sample(4, 1.0, y=y, eps=eps)
-    blocks = configure_sampling(model, inversion="jacobi", jacobi_tolerance=1e-10)
-    assert len(blocks) == 3 and blocks == tarflow_blocks(model)
+    options = configure_sampling(model, inversion="jacobi", jacobi_tolerance=1e-10)
+    assert options == sampling_options(model)
+    assert options["inversion"] == "jacobi" and options["guidance"] == 0.0
+    blocks = tarflow_blocks(model)
+    assert len(blocks) == 3 and all(b.jacobi_tolerance == 1e-10 for b in blocks)
     assert torch.equal(model.sample(4, 1.0, y=y, eps=eps), sequential)
-    assert all(1 <= b.last_jacobi_iterations <= b.tokens for b in blocks)
+    iterations = sampling_report(model)["jacobi_iterations"]
+    assert iterations == [b.last_jacobi_iterations for b in blocks]
+    assert all(1 <= n <= b.tokens for n, b in zip(iterations, blocks, strict=True))
     configure_sampling(model, inversion="sequential", guidance=3.0)
     assert not torch.equal(model.sample(4, 1.0, y=y, eps=eps), sequential)
+    assert sampling_report(model) == {}  # a sequential inverse does no iterations
 
 
 @pytest.mark.parametrize(
     ("name", "small", "paper"),
     [
         ("tarflow", {}, None),
-        ("tarflow_paper", {"blocks": 1, "layers": 1}, (2, 8, 8, 768, 12)),
+        ("tarflow_paper", {"blocks": 1, "block": {"layers": 1}}, (2, 8, 8, 768, 12)),
         ("jet", {}, None),
         ("jet_paper", {"couplings": 2}, (4, 32, 2, 512, 8)),
     ],
@@ -346,12 +363,12 @@ def test_presets_build_from_config(name: str, small: dict, paper) -> None:
     with initialize_config_dir(str(CONF / "model"), version_base="1.3"):
         cfg = compose(config_name=name)
     if paper is not None:  # the paper's sizes are in the preset; built narrower here
-        keys = (
-            ("patch_size", "blocks", "layers")
-            if "tarflow" in name
-            else ("patch_size", "couplings", "block_depth")
-        )
-        assert tuple(cfg[k] for k in keys) + (cfg.width, cfg.heads) == paper
+        if "tarflow" in name:
+            b = cfg.block
+            assert (b.patch_size, cfg.blocks, b.layers, b.width, b.heads) == paper
+        else:
+            n = cfg.conditioner
+            assert (cfg.patch_size, cfg.couplings, n.depth, n.width, n.heads) == paper
     model = instantiate(cfg, image_shape=(1, 28, 28), **small)
     assert isinstance(model, MultiscaleFlow) and model.image_shape == (1, 28, 28)
     x = torch.randint(0, 256, (2, 1, 28, 28))

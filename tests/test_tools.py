@@ -246,7 +246,7 @@ def test_bad_inputs_exit_with_one_clear_line(ckpt, tmp_path: Path) -> None:
         (evaluate, "eval", [f"ckpt={ckpt}", "split=dev"], "split='dev' is not supported"),
         (sample, "sample", [f"ckpt={ckpt}", "temperatures=[0.5,-1]"], "each a finite number >= 0"),
         (sample, "sample", [f"ckpt={ckpt}", "y=2"], "not class-conditional; drop y"),
-        (sample, "sample", [f"ckpt={ckpt}", "inversion=jacobi"], "TarFlow models only"),
+        (sample, "sample", [f"ckpt={ckpt}", "inversion=jacobi"], "no sampling option 'inversion"),
         (interpolate, "interpolate", [f"ckpt={ckpt}", "a=3", "b=99"], "b: index 99 is out of"),
         (interpolate, "interpolate", [f"ckpt={ckpt}", "a=3"], "give both a and b"),
         (interpolate, "interpolate", [f"ckpt={ckpt}", "steps=1"], "steps=1 must be"),

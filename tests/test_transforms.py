@@ -11,9 +11,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from glowlab.bijections import Coupling, GlowConditioner, ResNetConditioner
+from glowlab.bijections import Coupling
 from glowlab.bijections.autoregressive import MaskedAutoregressive
-from glowlab.bijections.conditioners import FlowPPConditioner
+from glowlab.nets.conditioners import FlowPPConditioner, GlowConditioner, ResNetConditioner
 from glowlab.transforms import (
     Additive,
     Affine,

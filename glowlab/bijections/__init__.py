@@ -4,21 +4,15 @@ from glowlab.bijections.actnorm import ActNorm
 from glowlab.bijections.autoregressive import MaskedAutoregressive
 from glowlab.bijections.base import Bijection, Sequential
 from glowlab.bijections.cnf import CNF
-from glowlab.bijections.conditioners import (
-    FlowPPConditioner,
-    GlowConditioner,
-    ResNetConditioner,
-    ZeroConv2d,
-)
 from glowlab.bijections.coupling import Coupling, checkerboard_mask
 from glowlab.bijections.dequantization import Dequantize
 from glowlab.bijections.elementwise import DiagonalScale, Logit, Shift
+from glowlab.bijections.patchify import Patchify
 from glowlab.bijections.permutations import ChannelPermutation, InvConv1x1, InvConv1x1LU
 from glowlab.bijections.planar import Planar
 from glowlab.bijections.residual import ResidualBlock
 from glowlab.bijections.squeeze import Squeeze
 from glowlab.bijections.tarflow import TarFlowBlock
-from glowlab.bijections.vit import Patchify, ViTConditioner
 
 __all__ = [
     "CNF",
@@ -28,21 +22,16 @@ __all__ = [
     "Coupling",
     "Dequantize",
     "DiagonalScale",
-    "FlowPPConditioner",
-    "GlowConditioner",
     "InvConv1x1",
     "InvConv1x1LU",
     "Logit",
     "MaskedAutoregressive",
     "Patchify",
     "Planar",
-    "ResNetConditioner",
     "ResidualBlock",
     "Sequential",
     "Shift",
     "Squeeze",
     "TarFlowBlock",
-    "ViTConditioner",
-    "ZeroConv2d",
     "checkerboard_mask",
 ]

@@ -3,10 +3,10 @@
 The ``D = C·H·W`` elements of a ``(B, C, H, W)`` tensor are ordered in raster order over
 pixels and, within a pixel, over channels: element ``(c, r, s)`` has position
 ``(r·W + s)·C + c`` (``reverse=True`` uses the opposite order). A masked-convolution
-conditioner gives the parameters ``θ_i`` of an elementwise transform ``τ`` (any
-``glowlab.transforms.ElementwiseTransform``; by default the affine ``(x − μ)·exp(−α)``) for
-every element from the elements strictly before it, so the Jacobian is triangular in that
-order and ``log|det| = Σ_i log|∂τ/∂x_i|``.
+conditioner (``glowlab.nets.masked.MaskedConvConditioner``) gives the parameters ``θ_i`` of
+an elementwise transform ``τ`` (any ``glowlab.transforms.ElementwiseTransform``; by default
+the affine ``(x − μ)·exp(−α)``) for every element from the elements strictly before it, so
+the Jacobian is triangular in that order and ``log|det| = Σ_i log|∂τ/∂x_i|``.
 
 - ``direction="maf"`` (Papamakarios et al. 2017), defined in the density direction:
   forward ``z_i = τ(x_i; θ_i(x_<i))`` is ONE network pass (fast training by likelihood);
@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from glowlab.bijections.base import Bijection, sum_except_batch
+from glowlab.nets.masked import MaskedConvConditioner
 from glowlab.transforms import (
     CENTRED_AFFINE,
     ElementwiseTransform,
@@ -47,46 +48,6 @@ from glowlab.transforms import (
 from glowlab.validation import check_positive, choose, is_integer
 
 DIRECTIONS = ("maf", "iaf")
-DEFAULT_TRANSFORM = CENTRED_AFFINE
-
-
-def autoregressive_conv_mask(
-    in_degrees: Tensor, out_degrees: Tensor, kernel_size: int, strict: bool
-) -> Tensor:
-    """``(out, in, k, k)`` mask of a causal convolution (MADE degrees for convolutions).
-
-    Kernel taps on rows above the centre, or left of it on the centre row, are open (earlier
-    pixels). The centre tap connects input unit ``j`` to output unit ``i`` when
-    ``deg_in[j] < deg_out[i]`` (``strict``, PixelCNN mask "A") or ``<=`` (mask "B").
-    """
-    centre = kernel_size // 2
-    mask = torch.zeros(len(out_degrees), len(in_degrees), kernel_size, kernel_size)
-    mask[:, :, :centre, :] = 1
-    mask[:, :, centre, :centre] = 1
-    earlier = in_degrees[None, :] < out_degrees[:, None]
-    same_or_earlier = in_degrees[None, :] <= out_degrees[:, None]
-    mask[:, :, centre, centre] = (earlier if strict else same_or_earlier).float()
-    return mask
-
-
-class MaskedConv2d(nn.Conv2d):
-    """``k×k`` convolution, padding ``k // 2``, whose weight is multiplied by a fixed
-    :func:`autoregressive_conv_mask` (a non-persistent buffer, rebuilt from the degrees)."""
-
-    def __init__(
-        self, in_degrees: Tensor, out_degrees: Tensor, kernel_size: int, strict: bool
-    ) -> None:
-        super().__init__(len(in_degrees), len(out_degrees), kernel_size, padding=kernel_size // 2)
-        mask = autoregressive_conv_mask(in_degrees, out_degrees, kernel_size, strict)
-        self.register_buffer("mask", mask, persistent=False)
-
-    def masked_weight(self) -> Tensor:
-        return self.weight * self.mask
-
-    def forward(self, x: Tensor, weight: Tensor | None = None) -> Tensor:
-        """``(B, in, H, W) -> (B, out, H, W)``; ``weight`` reuses a precomputed masked weight."""
-        weight = self.masked_weight() if weight is None else weight
-        return F.conv2d(x, weight, self.bias, padding=self.padding)
 
 
 def output_degrees(transform: ElementwiseTransform, channels: int) -> Tensor:
@@ -97,57 +58,6 @@ def output_degrees(transform: ElementwiseTransform, channels: int) -> Tensor:
     degrees = torch.empty(width, dtype=torch.long)
     degrees[index] = torch.arange(channels).view(-1, 1).expand_as(index)
     return degrees
-
-
-class MaskedConvConditioner(nn.Module):
-    """``(B, C, H, W) -> (B, P·C, H, W)``: the raw transform parameters of every element, each
-    depending only on the elements before it in raster-then-channel order.
-
-    masked conv ``k×k`` (C → hidden, mask A) → ReLU → ``hidden_layers`` × [masked conv ``k×k``
-    (hidden → hidden, mask B) → ReLU] → masked conv 1×1 (hidden → P·C, mask B,
-    zero-initialised). Input channel ``c`` has degree ``c``; hidden channels are split into
-    ``C`` contiguous groups of degrees ``0..C-1``; each output has the degree of the channel
-    it parametrises (``out_degrees``, default: output ``j`` belongs to channel ``j mod C``).
-    """
-
-    def __init__(
-        self,
-        channels: int,
-        hidden: int = 64,
-        kernel_size: int = 3,
-        hidden_layers: int = 1,
-        out_degrees: Tensor | None = None,
-    ) -> None:
-        super().__init__()
-        input_degrees = torch.arange(channels)
-        hidden_degrees = torch.arange(hidden) * channels // hidden
-        output_degrees = (
-            torch.arange(2 * channels) % channels if out_degrees is None else out_degrees
-        )
-        self.layers = nn.ModuleList(
-            [MaskedConv2d(input_degrees, hidden_degrees, kernel_size, strict=True)]
-            + [
-                MaskedConv2d(hidden_degrees, hidden_degrees, kernel_size, strict=False)
-                for _ in range(hidden_layers)
-            ]
-        )
-        self.output = MaskedConv2d(hidden_degrees, output_degrees, 1, strict=False)
-        nn.init.zeros_(self.output.weight)
-        nn.init.zeros_(self.output.bias)
-        self.receptive_radius = (kernel_size // 2) * (1 + hidden_layers)
-
-    def masked_weights(self) -> list[Tensor]:
-        """The hidden layers' masked weights, to reuse across many passes."""
-        return [layer.masked_weight() for layer in self.layers]
-
-    def features(self, x: Tensor, weights: list[Tensor]) -> Tensor:
-        """``(B, C, H, W) -> (B, hidden, H, W)``: the last hidden layer's activations."""
-        for layer, weight in zip(self.layers, weights, strict=True):
-            x = F.relu(layer(x, weight))
-        return x
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.output(self.features(x, self.masked_weights()))
 
 
 class MaskedAutoregressive(Bijection):
@@ -169,7 +79,7 @@ class MaskedAutoregressive(Bijection):
         kernel_size: int = 3,
         hidden_layers: int = 1,
         reverse: bool = False,
-        transform: str | TransformFactory = DEFAULT_TRANSFORM,
+        transform: str | TransformFactory = CENTRED_AFFINE,
     ) -> None:
         super().__init__()
         self.direction = choose("direction", direction, DIRECTIONS)
@@ -265,9 +175,4 @@ class MaskedAutoregressive(Bijection):
         return solved, logdet
 
 
-__all__ = [
-    "MaskedAutoregressive",
-    "MaskedConv2d",
-    "MaskedConvConditioner",
-    "autoregressive_conv_mask",
-]
+__all__ = ["MaskedAutoregressive", "output_degrees"]

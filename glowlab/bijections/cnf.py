@@ -20,8 +20,9 @@ dimension (``D = C·H·W`` of them per function evaluation: only for tiny inputs
 ``"hutchinson"`` uses the unbiased estimate ``vᵀ(∂f/∂x)v`` with one ``v`` (``E[vvᵀ] = I``)
 drawn per forward call and held fixed during the solve, as FFJORD does.
 
-RNODE (Finlay et al. 2020): in training, with ``kinetic_weight`` or ``jacobian_weight`` > 0,
-two more per-sample states are integrated by the same solve::
+RNODE (Finlay et al. 2020): in training, inside :func:`recording_regularizers` (the RNODE
+objective's, ``glowlab.objectives.RNODE``), two more per-sample states are integrated by the
+same solve::
 
     dK/dt = ½‖f(t, x)‖²,    dJ/dt = ‖vᵀ ∂f/∂x‖²   (E_v = ‖∂f/∂x‖_F²; exact trace: ‖∂f/∂x‖_F²)
 
@@ -30,8 +31,8 @@ over the block's time interval, both ``≥ 0`` whatever the direction. The Hutch
 reuses the trace's vector-Jacobian product ``vᵀ ∂f/∂x`` (no extra backward pass). The
 regulariser states do not steer the adaptive step size (the error norm covers ``x`` and
 ``Δ`` only), so the solve of ``(x, Δ)`` — and the bpd — is the same with and without them.
-The block keeps them in ``last_regularizers``; the model adds ``λ_K K + λ_J J`` to its
-training loss (``glowlab.models.flow_matching.CNFFlow``).
+The block keeps them in ``last_regularizers``; the objective adds ``λ_K K + λ_J J`` to the
+training loss.
 
 References: Chen et al., "Neural Ordinary Differential Equations", 2018; Grathwohl et al.,
 "FFJORD: Free-form Continuous Dynamics for Scalable Reversible Generative Models", 2019;
@@ -42,17 +43,19 @@ matrix", 1989.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from itertools import pairwise
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchdiffeq import odeint, odeint_adjoint
 
 from glowlab.bijections.base import Bijection, sum_except_batch
 from glowlab.bijections.hutchinson import NOISES, hutchinson_noise
-from glowlab.validation import check_positive, choose
+from glowlab.nets.dynamics import ConcatConvDynamics
+from glowlab.validation import check_int, check_positive, choose
 
 ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
 FIXED_STEP_SOLVERS = ("euler", "midpoint", "rk4")
@@ -91,45 +94,10 @@ class SolverOptions:
             check_positive(f"{p}step_size", self.step_size)
 
 
-class ConcatConv2d(nn.Module):
-    """3×3 convolution that sees the time as an extra constant input channel.
-
-    ``(t, x) -> conv([x, t·1])``: ``()`` and ``(B, C_in, H, W)`` -> ``(B, C_out, H, W)``.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels + 1, out_channels, 3, padding=1)
-
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        time = t.to(x).expand(x.shape[0], 1, x.shape[2], x.shape[3])  # (B, 1, H, W)
-        return self.conv(torch.cat([x, time], dim=1))
-
-
-class ConcatConvDynamics(nn.Module):
-    """The velocity field ``f(t, x)``: ``layers`` concat convs with softplus between them.
-
-    Channels ``C -> hidden -> ... -> hidden -> C``; the last conv starts at zero, so a fresh
-    field is ``f ≡ 0`` and the flow is the identity. Softplus keeps ``f`` smooth, which the
-    adaptive solvers and the trace (a derivative of ``f``) need.
-    """
-
-    def __init__(self, channels: int, hidden: int = 64, layers: int = 3) -> None:
-        super().__init__()
-        widths = [channels] + [hidden] * (layers - 1) + [channels]
-        self.convs = nn.ModuleList(ConcatConv2d(c_in, c_out) for c_in, c_out in pairwise(widths))
-        nn.init.zeros_(self.convs[-1].conv.weight)
-        nn.init.zeros_(self.convs[-1].conv.bias)
-
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        h = x
-        for conv in self.convs[:-1]:
-            h = F.softplus(conv(t, h))
-        return self.convs[-1](t, h)
-
-
-def _exact_jacobian_terms(f: Tensor, x: Tensor, create_graph: bool) -> tuple[Tensor, Tensor]:
-    """``(tr ∂f/∂x, ‖∂f/∂x‖_F²)`` per sample, each ``(B,)``, from the ``D`` Jacobian rows."""
+def exact_jacobian_terms(f: Tensor, x: Tensor, create_graph: bool) -> tuple[Tensor, Tensor]:
+    """``(tr ∂f/∂x, ‖∂f/∂x‖_F²)`` per sample, each ``(B,)``, from the ``D`` Jacobian rows (one
+    vector-Jacobian product per dimension, ``D = numel(x[0])``). ``f`` must be computed from
+    ``x`` (both ``(B, ...)``) with each sample depending on its own input only."""
     f_flat = f.reshape(f.shape[0], -1)  # (B, D)
     divergence = f.new_zeros(f.shape[0])
     frobenius = f.new_zeros(f.shape[0])
@@ -143,22 +111,14 @@ def _exact_jacobian_terms(f: Tensor, x: Tensor, create_graph: bool) -> tuple[Ten
     return divergence, frobenius
 
 
-def exact_divergence(f: Tensor, x: Tensor, create_graph: bool) -> Tensor:
-    """``tr(∂f/∂x)`` per sample, by one vector-Jacobian product per dimension: ``(B,)``.
-
-    ``f`` must be computed from ``x`` (both ``(B, ...)``) with each sample depending on its own
-    input only. Costs ``D = numel(x[0])`` backward passes.
-    """
-    return _exact_jacobian_terms(f, x, create_graph)[0]
-
-
-def hutchinson_divergence(f: Tensor, x: Tensor, v: Tensor, create_graph: bool) -> Tensor:
-    """Hutchinson's estimate ``vᵀ(∂f/∂x)v`` of ``tr(∂f/∂x)`` per sample: ``(B,)``.
-
-    Unbiased for noise with ``E[vvᵀ] = I`` (Gaussian or Rademacher); one backward pass.
-    """
+def hutchinson_jacobian_terms(
+    f: Tensor, x: Tensor, v: Tensor, create_graph: bool
+) -> tuple[Tensor, Tensor]:
+    """Hutchinson's estimates ``(vᵀ(∂f/∂x)v, ‖vᵀ∂f/∂x‖²)`` of ``(tr ∂f/∂x, ‖∂f/∂x‖_F²)`` per
+    sample, each ``(B,)``: unbiased for a probe ``v`` with ``E[vvᵀ] = I`` (Gaussian or
+    Rademacher), from one vector-Jacobian product."""
     (v_jacobian,) = torch.autograd.grad(f, x, v, create_graph=create_graph)
-    return sum_except_batch(v_jacobian * v)
+    return sum_except_batch(v_jacobian * v), sum_except_batch(v_jacobian.square())
 
 
 def _call(dynamics: nn.Module, t: Tensor, x: Tensor, cond: Tensor | None) -> Tensor:
@@ -216,11 +176,11 @@ class _VelocityAndDivergence(nn.Module):
                 x = x.detach().requires_grad_(True)
             f = _call(self.dynamics, t, x, self.cond)
             if self.noise is None:
-                divergence, frobenius = _exact_jacobian_terms(f, x, create_graph=keep_graph)
+                divergence, frobenius = exact_jacobian_terms(f, x, create_graph=keep_graph)
             else:
-                (v_jacobian,) = torch.autograd.grad(f, x, self.noise, create_graph=keep_graph)
-                divergence = sum_except_batch(v_jacobian * self.noise)
-                frobenius = sum_except_batch(v_jacobian.square())
+                divergence, frobenius = hutchinson_jacobian_terms(
+                    f, x, self.noise, create_graph=keep_graph
+                )
         out: tuple[Tensor, ...] = (f, divergence)
         if self.regularize:
             kinetic = 0.5 * sum_except_batch(f.square())
@@ -252,18 +212,19 @@ class ODEFlow(Bijection):
     Args:
         dynamics: the velocity field.
         t_data, t_latent: the ends of the time interval (either order).
-        solve: the forward (density, encode) solve; ``inverse_solve`` the inverse (sampling,
+        solver: the forward (density, encode) solve; ``sample_solver`` the inverse (sampling,
             decode), by default the same.
         trace, eval_trace: ``"hutchinson"`` (one ``noise`` probe per forward call) or
             ``"exact"``, in training / eval mode.
         noise: ``"rademacher"`` or ``"gaussian"``.
         adjoint: backpropagate with the adjoint method (memory constant in the steps).
-        kinetic_weight, jacobian_weight: RNODE's ``λ_K``, ``λ_J`` (``≥ 0``); either > 0 makes
-            a training-mode forward integrate ``K`` and ``J`` into ``last_regularizers``.
 
     ``last_nfe``: function evaluations of the latest solve (the adjoint's backward solve is
-    not counted). ``last_regularizers``: ``{"kinetic": K, "jacobian": J}`` (each ``(B,)``) of
-    the latest regularised training forward, else None.
+    not counted). Inside :func:`recording_regularizers` a training-mode forward also integrates
+    RNODE's ``K`` and ``J`` into ``last_regularizers`` (``{"kinetic": K, "jacobian": J}``, each
+    ``(B,)``; None otherwise). The sample solver is a sampling option
+    (``glowlab.sampling.configure_sampling``: ``sample_solver``, ``sample_rtol``,
+    ``sample_atol``, ``sample_step_size``).
 
     References: Chen et al. 2018; Grathwohl et al. 2019; Finlay et al. 2020.
     """
@@ -275,36 +236,46 @@ class ODEFlow(Bijection):
         dynamics: nn.Module,
         t_data: float = 0.0,
         t_latent: float = 1.0,
-        solve: SolverOptions | None = None,
-        inverse_solve: SolverOptions | None = None,
+        solver: SolverOptions | None = None,
+        sample_solver: SolverOptions | None = None,
         trace: str = "hutchinson",
         eval_trace: str = "hutchinson",
         noise: str = "rademacher",
         adjoint: bool = False,
-        kinetic_weight: float = 0.0,
-        jacobian_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if t_data == t_latent:
             raise ValueError(f"t_data = t_latent = {t_data!r}: the time interval is empty")
-        self.solve = solve or SolverOptions()
-        self.inverse_solve = inverse_solve or self.solve
+        self.solver = solver or SolverOptions()
+        self.sample_solver = sample_solver or self.solver
         self.trace = choose("trace", trace, TRACES)
         self.eval_trace = choose("eval_trace", eval_trace, TRACES)
         self.noise = choose("noise", noise, NOISES)
-        check_positive("kinetic_weight", kinetic_weight, allow_zero=True)
-        check_positive("jacobian_weight", jacobian_weight, allow_zero=True)
         self.t_data, self.t_latent = float(t_data), float(t_latent)
         self.adjoint = adjoint
-        self.kinetic_weight, self.jacobian_weight = float(kinetic_weight), float(jacobian_weight)
         self.dynamics = dynamics
         self.last_nfe = 0
+        self.record_regularizers = False  # set by recording_regularizers
         self.last_regularizers: dict[str, Tensor] | None = None
 
-    @property
-    def regularized(self) -> bool:
-        """True when RNODE's regularisers are on (either weight > 0)."""
-        return self.kinetic_weight > 0 or self.jacobian_weight > 0
+    # ----------------------------------------------------------------- sampling options
+    def sampling_options(self) -> dict[str, Any]:
+        """The sample solve's options and their current values."""
+        options = self.sample_solver
+        return {
+            "sample_solver": options.solver,
+            "sample_rtol": options.rtol,
+            "sample_atol": options.atol,
+            "sample_step_size": options.step_size,
+        }
+
+    def configure_sampling(self, **options: Any) -> None:
+        """Change the sample solve (keys of ``sampling_options``); choosing an adaptive
+        ``sample_solver`` without a ``sample_step_size`` drops the fixed step."""
+        changes = {key.removeprefix("sample_"): value for key, value in options.items()}
+        if changes.get("solver") in ADAPTIVE_SOLVERS and "step_size" not in changes:
+            changes["step_size"] = None
+        self.sample_solver = replace(self.sample_solver, prefix="sample_", **changes)
 
     def _solve(self, func: nn.Module, state, start: float, end: float, options: SolverOptions):
         """Integrate ``func`` from ``start`` to ``end``; return the state at ``end``."""
@@ -332,7 +303,7 @@ class ODEFlow(Bijection):
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         exact = (self.trace if self.training else self.eval_trace) == "exact"
-        regularize = self.training and self.regularized
+        regularize = self.training and self.record_regularizers
         sign = 1.0 if self.t_latent > self.t_data else -1.0
         func = _VelocityAndDivergence(
             self.dynamics,
@@ -343,21 +314,36 @@ class ODEFlow(Bijection):
         )
         zeros = x.new_zeros(x.shape[0])
         state = (x, zeros, zeros, zeros) if regularize else (x, zeros)
-        out = self._solve(func, state, self.t_data, self.t_latent, self.solve)
+        out = self._solve(func, state, self.t_data, self.t_latent, self.solver)
         self.last_regularizers = {"kinetic": out[2], "jacobian": out[3]} if regularize else None
         return out[0], out[1]
 
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
         func = _Velocity(self.dynamics, cond)
-        return self._solve(func, z, self.t_latent, self.t_data, self.inverse_solve)
+        return self._solve(func, z, self.t_latent, self.t_data, self.sample_solver)
 
-    def regularization_loss(self) -> Tensor | None:
-        """``λ_K K + λ_J J`` per sample, ``(B,)``, of the latest regularised forward (in nats:
-        the caller normalises), or None when none was integrated."""
-        if self.last_regularizers is None:
-            return None
-        reg = self.last_regularizers
-        return self.kinetic_weight * reg["kinetic"] + self.jacobian_weight * reg["jacobian"]
+
+def ode_blocks(module: nn.Module) -> list[ODEFlow]:
+    """Every ``ODEFlow`` inside ``module`` (e.g. a whole ``MultiscaleFlow``), in model order."""
+    return [m for m in module.modules() if isinstance(m, ODEFlow)]
+
+
+@contextmanager
+def recording_regularizers(module: nn.Module) -> Iterator[list[ODEFlow]]:
+    """Inside the block, every training-mode forward of the ODE blocks of ``module`` also
+    integrates RNODE's ``K`` and ``J`` (``last_regularizers``); yields the blocks."""
+    blocks = ode_blocks(module)
+    for block in blocks:
+        block.record_regularizers = True
+    try:
+        yield blocks
+    finally:
+        for block in blocks:
+            block.record_regularizers = False
+
+
+DynamicsFactory = Callable[[int], nn.Module]
+"""``channels -> f``: builds a velocity field ``(t, x) -> f`` for ``channels`` channels."""
 
 
 class CNF(ODEFlow):
@@ -365,21 +351,21 @@ class CNF(ODEFlow):
 
     ``forward(x) -> (z, logdet)`` with ``z = x(T)`` and ``logdet = log|det dz/dx| = Δ(T)``,
     shape ``(B,)``; ``inverse(z) -> x`` integrates back from ``T`` to ``0``. ``T`` is
-    ``time_length``; ``f`` is a :class:`ConcatConvDynamics` with ``hidden`` channels and
-    ``layers`` convolutions, or the given ``dynamics`` module ``(t, x) -> f``.
+    ``time_length``; ``f = field(channels)`` (default a
+    :class:`~glowlab.nets.dynamics.ConcatConvDynamics`).
 
-    - ``solver``: adaptive ``dopri5``, ``dopri8``, ``bosh3``, ``adaptive_heun`` (controlled by
-      ``rtol``/``atol``), or fixed-step ``euler``, ``midpoint``, ``rk4`` (need ``step_size``).
+    - ``solver``: a :class:`SolverOptions`: adaptive ``dopri5``, ``dopri8``, ``bosh3``,
+      ``adaptive_heun`` (controlled by ``rtol``/``atol``), or fixed-step ``euler``,
+      ``midpoint``, ``rk4`` (need ``step_size``); sampling uses the same.
     - ``trace`` (training) / ``eval_trace`` (eval mode): ``"hutchinson"`` (one ``noise``
       vector per forward call, ``"rademacher"`` or ``"gaussian"``; the logdet is then an
       unbiased *estimate*) or ``"exact"`` (``C·H·W`` backward passes per step: tiny inputs).
     - ``adjoint=True`` backpropagates with the adjoint method (``odeint_adjoint``): memory
       constant in the number of steps, at the price of a second solve backwards in time.
-    - ``kinetic_weight``/``jacobian_weight``: RNODE's ``λ_K``/``λ_J`` (0 = off; 0.01 each in
-      Finlay et al.'s CIFAR-10 runs): see :class:`ODEFlow` and the module docstring.
 
-    ``last_nfe`` holds the number of function evaluations of the latest forward or inverse
-    solve (FFJORD-style monitoring). ``cond`` is accepted for the contract and ignored.
+    RNODE's regularisers are the objective's (``glowlab.objectives.RNODE``). ``last_nfe``
+    holds the number of function evaluations of the latest forward or inverse solve
+    (FFJORD-style monitoring). ``cond`` is accepted for the contract and ignored.
 
     References: Grathwohl et al., "FFJORD", 2019; Chen et al., "Neural ODEs", 2018; Finlay et
     al., "How to Train Your Neural ODE", 2020.
@@ -388,38 +374,30 @@ class CNF(ODEFlow):
     def __init__(
         self,
         channels: int,
-        hidden: int = 64,
-        layers: int = 3,
+        field: DynamicsFactory = ConcatConvDynamics,
+        solver: SolverOptions | None = None,
         time_length: float = 1.0,
-        solver: str = "dopri5",
-        rtol: float = 1e-5,
-        atol: float = 1e-5,
-        step_size: float | None = None,
         trace: str = "hutchinson",
         eval_trace: str = "hutchinson",
         noise: str = "rademacher",
         adjoint: bool = False,
-        kinetic_weight: float = 0.0,
-        jacobian_weight: float = 0.0,
-        dynamics: nn.Module | None = None,
     ) -> None:
-        for option, value in (("channels", channels), ("hidden", hidden), ("layers", layers)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{option}={value!r} must be a positive integer")
+        check_int("channels", channels)
         check_positive("time_length", time_length)
         super().__init__(
-            dynamics if dynamics is not None else ConcatConvDynamics(channels, hidden, layers),
+            field(channels),
             t_data=0.0,
             t_latent=time_length,
-            solve=SolverOptions(solver, rtol, atol, step_size),
+            solver=solver,
             trace=trace,
             eval_trace=eval_trace,
             noise=noise,
             adjoint=adjoint,
-            kinetic_weight=kinetic_weight,
-            jacobian_weight=jacobian_weight,
         )
         self.time_length = time_length
+
+    def sampling_options(self) -> dict[str, Any]:
+        return {}  # FFJORD samples with its density solver
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return super().forward(x)  # the FFJORD field is unconditional

@@ -48,11 +48,19 @@ feedforward computation via parallel nonlinear equation solving", 2021; Liu & Qi
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from glowlab.bijections.base import Bijection, sum_except_batch
-from glowlab.bijections.vit import Transformer, check_heads, check_patch_size, patchify, unpatchify
+from glowlab.nets.transformer import (
+    Transformer,
+    check_heads,
+    check_patch_size,
+    patchify,
+    unpatchify,
+)
 from glowlab.transforms import (
     CENTRED_AFFINE,
     ElementwiseTransform,
@@ -190,6 +198,24 @@ class TarFlowBlock(Bijection):
             and not (self.num_classes and self.label_dropout)
         )
 
+    def sampling_options(self) -> dict[str, Any]:
+        """The inverse's options and their current values (``glowlab.sampling``; the
+        guidance weight is the model's, set on every guided part at once)."""
+        return {
+            "inversion": self.inversion,
+            "jacobi_tolerance": self.jacobi_tolerance,
+            "jacobi_max_iterations": self.jacobi_max_iterations,
+        }
+
+    def configure_sampling(self, **options: Any) -> None:
+        """Set options of ``sampling_options`` (each checked by its setter)."""
+        for name, value in options.items():
+            setattr(self, name, value)
+
+    def sampling_report(self) -> dict[str, Any]:
+        """What the latest inverse did: the Jacobi iterations (None after a sequential one)."""
+        return {"jacobi_iterations": self.last_jacobi_iterations}
+
     # ----------------------------------------------------------------- pieces
     def _tokens(self, x: Tensor) -> Tensor:
         """``(B, C, H, W) -> (B, T, D)`` in this block's token order."""
@@ -275,6 +301,7 @@ class TarFlowBlock(Bijection):
         labels = self._inverse_labels(cond, z.shape[0], z.device)
         if self.inversion == "jacobi":
             return self._image(self._jacobi(self._tokens(z), labels))
+        self.last_jacobi_iterations = None
         return self._image(self._sequential(self._tokens(z), labels))
 
     def _sequential(self, z: Tensor, labels: Tensor | None) -> Tensor:
@@ -326,39 +353,4 @@ class TarFlowBlock(Bijection):
         )
 
 
-def tarflow_blocks(module: nn.Module) -> list[TarFlowBlock]:
-    """Every ``TarFlowBlock`` inside ``module`` (e.g. a whole ``MultiscaleFlow``)."""
-    return [m for m in module.modules() if isinstance(m, TarFlowBlock)]
-
-
-def configure_sampling(
-    module: nn.Module,
-    inversion: str | None = None,
-    guidance: float | None = None,
-    jacobi_tolerance: float | None = None,
-    jacobi_max_iterations: int | None = None,
-) -> list[TarFlowBlock]:
-    """Set the sampling options of every TarFlow block in ``module``; options left ``None``
-    stay as they are. Returns the blocks (read ``last_jacobi_iterations`` after sampling)."""
-    blocks = tarflow_blocks(module)
-    if not blocks:
-        raise ValueError("configure_sampling found no TarFlowBlock in the module")
-    for block in blocks:
-        if inversion is not None:
-            block.inversion = inversion
-        if guidance is not None:
-            check_range("guidance", guidance)
-            if guidance and not (block.num_classes and block.label_dropout):
-                raise ValueError(
-                    "guidance needs a class-conditional model whose null class was trained: "
-                    "build with num_classes and label_dropout > 0 (e.g. 0.1)"
-                )
-            block.guidance = float(guidance)
-        if jacobi_tolerance is not None:
-            block.jacobi_tolerance = jacobi_tolerance
-        if jacobi_max_iterations is not None:
-            block.jacobi_max_iterations = jacobi_max_iterations
-    return blocks
-
-
-__all__ = ["INVERSIONS", "TarFlowBlock", "configure_sampling", "tarflow_blocks"]
+__all__ = ["INVERSIONS", "TarFlowBlock"]

@@ -1,18 +1,12 @@
 """What every recipe shares: the multiscale skeleton, preprocessing, priors, dequantisation.
 
-A recipe builds per-level flow steps and hands them to ``assemble`` with the common options:
-
-- ``n_bits`` (1..8), ``num_classes`` (class-conditional top prior);
-- ``prior``: a ``PriorChoice`` (``glowlab.models.parts``) or its kind's name: ``learned``
-  (Glow's factor-out priors and learned top), ``standard`` (N(0, I) everywhere) or ``planar``
-  (learned factor-outs, planar-flow top prior);
-- ``preprocess``: ``shift`` (to [-0.5, 0.5)) or ``logit`` (with ``logit_alpha``);
-- ``memory_saving``: ``none`` | ``reversible`` | ``checkpoint`` (see ``Sequential``);
-- ``dequantization``: a ``DequantizationChoice`` or its kind's name: ``uniform``,
-  ``variational`` (Flow++'s learned ``q(u|x)``) or ``gaussian`` (TarFlow's noise
-  augmentation; the model reports ``noisy_bpd``; needs ``preprocess="shift"``);
-- ``label_dropout``: classifier-free guidance training of a class-conditional top prior
-  (``LearnedPrior`` gets a null class; ``glowlab.sampling``).
+A recipe builds per-level flow steps and hands them to ``assemble`` with the shared options,
+one ``glowlab.models.options.ModelOptions`` (n_bits, preprocess, prior, dequantization,
+classes, label dropout, memory saving): the priors are ``learned`` (Glow's factor-out priors
+``p(z₂|z₁)`` and learned top), ``standard`` (N(0, I) everywhere) or ``planar`` (learned
+factor-outs, planar-flow top prior); a class-conditional model whose labels go to the prior
+gets a learned top prior with class embeddings (with a null class under label dropout, for
+classifier-free guidance: ``glowlab.sampling``).
 """
 
 from __future__ import annotations
@@ -24,23 +18,15 @@ from glowlab.bijections.dequantization import VariationalDequantizer
 from glowlab.bijections.elementwise import Logit, Shift
 from glowlab.bijections.squeeze import Squeeze
 from glowlab.models.multiscale import Level, MultiscaleFlow
-from glowlab.models.parts import (
-    DequantizationChoice,
-    PriorChoice,
-    dequantization_choice,
-    prior_choice,
-)
+from glowlab.models.options import ModelOptions
+from glowlab.models.parts import PriorChoice
 from glowlab.priors import (
     FactorOutPrior,
     GaussianPrior,
     LearnedPrior,
     PlanarPrior,
     StandardNormal,
-    check_label_dropout,
 )
-from glowlab.validation import check_n_bits, check_positive, choose
-
-PREPROCESSING = ("shift", "logit")
 
 Shape = tuple[int, int, int]
 LevelTransforms = list[tuple[list[Bijection], Shape]]
@@ -88,82 +74,54 @@ def squeeze_levels(image_shape: Shape, levels: int, depth: int, step: StepFactor
     return transforms
 
 
-def _preprocess(kind: str, alpha: float) -> Bijection:
-    return Shift() if choose("preprocess", kind, PREPROCESSING) == "shift" else Logit(alpha)
-
-
 def _prior(
     choice: PriorChoice,
     out_shape: Shape,
     factor_out: bool,
     num_classes: int | None,
-    label_dropout: float = 0.0,
+    label_dropout: float,
 ) -> GaussianPrior | PlanarPrior:
     """Factor-out prior p(z₂|z₁) or top prior for a level whose output is ``out_shape``."""
     c, kind = out_shape[0], choice.kind
     if factor_out:
         return StandardNormal() if kind == "standard" else FactorOutPrior(c // 2, c - c // 2)
     if kind == "planar":
-        if num_classes:
-            raise ValueError(
-                "prior='planar' is not class-conditional; use prior='learned' with num_classes"
-            )
         return PlanarPrior(out_shape, choice.layers)
     if kind == "learned" or num_classes:
-        return LearnedPrior(c, num_classes, label_dropout)
+        return LearnedPrior(c, num_classes, label_dropout if num_classes else 0.0)
     return StandardNormal()
 
 
 def assemble(
-    image_shape: Shape,
-    transforms: LevelTransforms,
-    *,
-    n_bits: int = 8,
-    prior: str | PriorChoice = "learned",
-    preprocess: str = "shift",
-    logit_alpha: float = 0.05,
-    num_classes: int | None = None,
-    memory_saving: str = "none",
-    dequantization: str | DequantizationChoice = "uniform",
-    label_dropout: float = 0.0,
+    image_shape: Shape, transforms: LevelTransforms, options: ModelOptions
 ) -> MultiscaleFlow:
-    """The ``MultiscaleFlow`` of ``transforms`` with the common options (module docstring)."""
-    check_n_bits(n_bits)
-    prior = prior_choice(prior)
-    dequantization = dequantization_choice(dequantization)
-    if num_classes is not None:
-        check_positive("num_classes", num_classes, allow_zero=True)
-    check_label_dropout(label_dropout, num_classes)
-    if (
-        dequantization.kind == "gaussian"
-        and choose("preprocess", preprocess, PREPROCESSING) == "logit"
-    ):
-        raise ValueError(
-            "model/dequantization=gaussian adds unbounded noise but preprocess='logit' needs "
-            "inputs in (0, 1); set model.preprocess=shift"
-        )
+    """The ``MultiscaleFlow`` of ``transforms`` (per level: the flow steps and their output
+    shape) with the shared ``options``."""
     last = len(transforms) - 1
+    prior_classes = options.prior_classes
     levels = [
         Level(
-            Sequential(layers, memory_saving),
-            _prior(prior, shape, i < last, num_classes, label_dropout),
+            Sequential(layers, options.memory_saving),
+            _prior(options.prior, shape, i < last, prior_classes, options.label_dropout),
             shape,
             i < last,
         )
         for i, (layers, shape) in enumerate(transforms)
     ]
+    dequantization = options.dequantization
     dequantizer = None
     if dequantization.kind == "variational":
         dequantizer = VariationalDequantizer(
             image_shape, dequantization.width, dequantization.depth
         )
+    preprocess = Shift() if options.preprocess == "shift" else Logit(options.logit_alpha)
     return MultiscaleFlow(
         image_shape,
-        _preprocess(preprocess, logit_alpha),
+        preprocess,
         levels,
-        n_bits,
-        num_classes or None,
+        options.n_bits,
+        options.num_classes,
         dequantizer=dequantizer,
         noise_sigma=dequantization.noise_sigma,
-        label_dropout=label_dropout,
+        label_dropout=options.label_dropout,
     )

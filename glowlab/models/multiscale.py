@@ -73,15 +73,6 @@ class FlowOutput:
     log_q: Tensor
 
 
-@dataclass
-class Objective:
-    """What a training step minimises: ``loss`` (a scalar) and the scalars to log as
-    ``train/<name>`` (the loss itself among them, under its own name)."""
-
-    loss: Tensor
-    logs: dict[str, Tensor]
-
-
 class MultiscaleFlow(nn.Module):
     """A multiscale normalizing flow on integer images ``(B, C, H, W)`` in ``[0, 2^n_bits)``.
 
@@ -268,7 +259,8 @@ class MultiscaleFlow(nn.Module):
         """The reported numbers, each ``(B,)``: ``bpd = prior_bpd + logdet_bpd + dequant_bpd``
         (``logdet_bpd`` includes the dequantisation's ``n_bits``; ``dequant_bpd`` is the
         ``-log q(u|x)`` of a variational dequantizer, 0 for uniform). Validation and test
-        report these for every family, whatever its training objective.
+        report these for every family, whatever its training objective
+        (``glowlab.objectives``).
 
         A noise-augmented model (``noise_sigma``) returns ``noisy_bpd = noisy_prior_bpd +
         noisy_logdet_bpd`` instead: ``noisy_bpd = -log p(y) / (D ln 2)`` of the noisy image
@@ -287,14 +279,6 @@ class MultiscaleFlow(nn.Module):
             "logdet_bpd": self.nats_to_bpd(out.logdet),
             "dequant_bpd": self.nats_to_bpd(-out.log_q),
         }
-
-    def objective(self, x: Tensor, y: Tensor | None = None) -> Objective:
-        """The training objective: for a maximum-likelihood flow, the mean bpd of the batch
-        under one dequantisation draw (``noisy_bpd`` under one noise draw for a noise-augmented
-        model), logged with its parts. Families trained otherwise (flow matching) override
-        this; ``bpd_parts`` stays the reported likelihood."""
-        parts = self.bpd_parts(x, y)
-        return Objective(parts[self.metric_name].mean(), {k: v.mean() for k, v in parts.items()})
 
     # ----------------------------------------------------------------- latents
     def encode(

@@ -12,8 +12,8 @@ and ``conditioner`` (a ``(in_channels, out_channels) -> net`` factory, or ``"glo
 ``"resnet"``, ``"flowpp"`` sized by ``width``/``blocks``). Configs pass factories
 (``conf/model/transform``, ``conf/model/conditioner``). Every option is checked at build
 time; a bad one raises ``ValueError`` naming it. The options every model shares (``n_bits``,
-``prior``, ``preprocess``, ``memory_saving``, ``dequantization``, ...) are passed through to
-``glowlab.models.assembly.assemble``.
+``prior``, ``preprocess``, ``memory_saving``, ``dequantization``, ...) are keyword arguments
+(``shared``) that become one ``glowlab.models.options.ModelOptions`` for ``assemble``.
 """
 
 from __future__ import annotations
@@ -23,17 +23,14 @@ from collections.abc import Callable
 
 from glowlab.bijections.actnorm import ActNorm
 from glowlab.bijections.base import Bijection
-from glowlab.bijections.conditioners import (
-    FlowPPConditioner,
-    GlowConditioner,
-    ResNetConditioner,
-)
 from glowlab.bijections.coupling import MASKS, Conditioner, Coupling
 from glowlab.bijections.elementwise import DiagonalScale
 from glowlab.bijections.permutations import ChannelPermutation, InvConv1x1, InvConv1x1LU
 from glowlab.bijections.squeeze import Squeeze
 from glowlab.models.assembly import Shape, assemble, check_shape, squeeze_levels
 from glowlab.models.multiscale import MultiscaleFlow
+from glowlab.models.options import model_options
+from glowlab.nets.conditioners import FlowPPConditioner, GlowConditioner, ResNetConditioner
 from glowlab.transforms import Affine, TransformFactory, transform_factory
 from glowlab.validation import check_int, choose
 
@@ -77,7 +74,7 @@ def glow(
     blocks: int = 2,
     seed: int = 0,
     bf16_conditioner: bool = False,
-    **common,
+    **shared,
 ) -> MultiscaleFlow:
     """Glow (Kingma & Dhariwal, 2018). CIFAR-10 paper setting: levels=3, depth=32, width=512.
 
@@ -86,10 +83,10 @@ def glow(
     ``transform="mixture"`` with ``conditioner="flowpp"`` and ``dequantization="variational"``
     gives Flow++. ``width``/``blocks`` size a conditioner given by name (configs inject a
     sized factory instead). ``bf16_conditioner`` runs the coupling networks under bfloat16
-    autocast (logdets, priors and 1×1 convolutions stay in the model's dtype). ``common``: the
-    shared options of ``assemble`` (``prior`` defaults to ``learned``, ``preprocess`` to
-    ``shift``).
+    autocast (logdets, priors and 1×1 convolutions stay in the model's dtype). ``shared``: the
+    ``ModelOptions`` (``prior`` defaults to ``learned``, ``preprocess`` to ``shift``).
     """
+    options = model_options(glow, shared)
     image_shape = check_shape(image_shape, levels, squeezes=levels)
     choose("mask", mask, MASKS)
     make_transform = transform_factory(transform)
@@ -102,7 +99,7 @@ def glow(
             Coupling(c, make_net, mask, make_transform, k, bf16_conditioner),
         ]
 
-    return assemble(image_shape, squeeze_levels(image_shape, levels, depth, step), **common)
+    return assemble(image_shape, squeeze_levels(image_shape, levels, depth, step), options)
 
 
 def realnvp(
@@ -114,16 +111,16 @@ def realnvp(
     width: int = 64,
     blocks: int = 8,
     actnorm: bool = True,
-    prior: str = "standard",
-    preprocess: str = "logit",
-    **common,
+    **shared,
 ) -> MultiscaleFlow:
     """Real NVP (Dinh et al., 2017). CIFAR-10 paper setting: 2 scales, 8 residual blocks, 64
     features. ``depth`` couplings per mask type (3 in the paper; the last level has depth+1
     checkerboard couplings). ActNorm after each coupling stands in for the paper's batch norm.
     ``transform`` defaults to the paper's affine with ``exp(a·tanh(h))`` scales.
-    ``common``: the shared options of ``assemble``.
+    ``shared``: the ``ModelOptions`` (``prior`` defaults to ``standard``, ``preprocess`` to
+    ``logit``).
     """
+    options = model_options(realnvp, shared, prior="standard", preprocess="logit")
     image_shape = check_shape(image_shape, levels, squeezes=levels - 1)
     check_int("depth", depth)
     make_transform = transform_factory(
@@ -148,7 +145,7 @@ def realnvp(
         transforms.append((layers, (c, h, w)))
         c //= 2
     transforms.append((couplings(c, "checkerboard", depth + 1), (c, h, w)))
-    return assemble(image_shape, transforms, prior=prior, preprocess=preprocess, **common)
+    return assemble(image_shape, transforms, options)
 
 
 def nice(
@@ -159,13 +156,13 @@ def nice(
     mask: str = "channel",
     width: int = 128,
     blocks: int = 2,
-    prior: str = "standard",
-    **common,
+    **shared,
 ) -> MultiscaleFlow:
     """NICE (Dinh et al., 2015) on images: additive couplings with alternating masks (the
     channel mask alternates halves), then a learned diagonal scaling of every dimension.
-    ``common``: the shared options of ``assemble``.
+    ``shared``: the ``ModelOptions`` (``prior`` defaults to ``standard``).
     """
+    options = model_options(nice, shared, prior="standard")
     image_shape = check_shape(image_shape, levels, squeezes=levels)
     choose("mask", mask, MASKS)
     make_net = _conditioner(conditioner, width, blocks)
@@ -176,4 +173,4 @@ def nice(
     transforms = squeeze_levels(image_shape, levels, depth, step)
     for layers, shape in transforms:
         layers.append(DiagonalScale(shape))
-    return assemble(image_shape, transforms, prior=prior, **common)
+    return assemble(image_shape, transforms, options)

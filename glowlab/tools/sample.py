@@ -22,18 +22,17 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from glowlab.bijections.tarflow import INVERSIONS, configure_sampling, tarflow_blocks
 from glowlab.cli import hydra_app, run_cli
 from glowlab.console import say
 from glowlab.images import image_grid
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.outputs import save_image
-from glowlab.sampling import check_guidance
+from glowlab.sampling import check_guidance, configure_sampling, sampling_report
 from glowlab.tools.cli import as_list, check_ckpt, check_device, log, output_dir, write_json
 from glowlab.tools.loading import load_flow
 from glowlab.tools.plots import labelled_grid
 from glowlab.tools.progress import track
-from glowlab.validation import check_int, choose
+from glowlab.validation import check_int
 
 Label = int | str | None
 
@@ -133,19 +132,9 @@ def save_sample_figures(
     return paths
 
 
-def _autoregressive_inversion(model, inversion: str | None, tolerance: float | None) -> list:
-    """Set the TarFlow blocks' inversion (``sequential``/``jacobi``) and Jacobi tolerance
-    where given; returns the blocks (none for other families, which refuse the options)."""
-    blocks = tarflow_blocks(model)
-    if (inversion is not None or tolerance is not None) and not blocks:
-        raise ValueError(
-            "inversion= and jacobi_tolerance= apply to TarFlow models only; drop them"
-        )
-    if blocks:
-        if inversion is not None:
-            choose("inversion", inversion, INVERSIONS)
-        configure_sampling(model, inversion=inversion, jacobi_tolerance=tolerance)
-    return blocks
+SAMPLING_KEYS = ("inversion", "jacobi_tolerance")
+"""The tool's keys that are sampling options of the model's layers
+(``glowlab.sampling.configure_sampling`` routes them; a model without one refuses it)."""
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -154,7 +143,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     temperatures = check_temperatures(cfg.temperatures)
     y = cfg.y
     guidance, denoise = cfg.get("guidance"), cfg.get("denoise", False)
-    blocks = _autoregressive_inversion(model, cfg.get("inversion"), cfg.get("jacobi_tolerance"))
+    options = configure_sampling(model, **{key: cfg.get(key) for key in SAMPLING_KEYS})
     started = time.perf_counter()
     grids = sample_grids(
         model, cfg.n, temperatures, y, cfg.seed, cfg.batch_size, cfg.progress, guidance, denoise
@@ -174,10 +163,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "images_per_s": round(cfg.n * len(temperatures) / seconds, 2),
         "files": [str(p) for p in paths],
     }
-    if blocks:
-        summary["inversion"] = blocks[0].inversion
-        if blocks[0].inversion == "jacobi":  # of the last batch, per block in model order
-            summary["jacobi_iterations"] = [b.last_jacobi_iterations for b in blocks]
+    if options:  # the model's sampling options, and what its layers did (last batch)
+        summary["sampling"] = {**options, **sampling_report(model)}
     write_json(out / "sample.json", summary)
     say(f"glowlab-sample: {len(temperatures)} grids of {cfg.n} samples | {paths[-1]}", log)
     return summary

@@ -1,4 +1,4 @@
-"""The LightningModule: a thin wrapper that trains a flow by its own objective."""
+"""The LightningModule: a thin wrapper that trains a flow by a pluggable objective."""
 
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ from glowlab.bijections.actnorm import ActNorm
 from glowlab.compilation import compile_levels
 from glowlab.migration import CHECKPOINT_FORMAT
 from glowlab.models.multiscale import MultiscaleFlow
+from glowlab.objectives import Likelihood, Objective
 from glowlab.training.epoch_boundary import at_epoch_end, start_next_epoch
 from glowlab.training.rng import capture_rng_state, restore_rng_state
 from glowlab.validation import check_positive, choose
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+TrainingObjective = Callable[[MultiscaleFlow, Tensor, Tensor | None], Objective]
 
 
 RESUME_SCHEDULES = ("keep", "rebuild")
@@ -42,8 +44,8 @@ class NonFiniteLossError(RuntimeError):
 
 
 class FlowModule(L.LightningModule):
-    """Trains a ``MultiscaleFlow`` by ``model.objective`` (mean bpd for maximum-likelihood
-    flows) and validates and tests by ``model.bpd_parts``, the true likelihood.
+    """Trains a ``MultiscaleFlow`` by ``objective`` (``glowlab.objectives``: maximum
+    likelihood by default) and validates and tests by ``model.bpd_parts``, the true likelihood.
 
     Logs ``train/<each objective term>``, ``{val,test}/bpd`` and its parts: ``*/prior_bpd``
     (from ``log p(z)``), ``*/logdet_bpd`` (from the logdet, including the dequantisation's
@@ -56,6 +58,9 @@ class FlowModule(L.LightningModule):
 
     Args:
         model: the flow.
+        objective: ``objective(model, x, y) -> Objective(loss, logs)`` of a training step
+            (``glowlab.objectives``; default ``Likelihood()``); its ``check(model)`` refuses a
+            model it cannot train.
         optimizer: ``_partial_`` optimizer factory, called with the parameters.
         scheduler: ``_partial_`` schedule factory, called with ``(optimizer, total_steps)``;
             stepped every optimizer step.
@@ -84,8 +89,11 @@ class FlowModule(L.LightningModule):
         channels_last: bool = False,
         compile: str | None = None,
         resume_schedule: str | None = None,
+        objective: TrainingObjective | None = None,
     ) -> None:
         super().__init__()
+        self.objective = Likelihood() if objective is None else objective
+        self.objective.check(model)
         check_positive("init_batch_size", init_batch_size)
         if resume_schedule is not None:
             choose("module.resume_schedule", resume_schedule, RESUME_SCHEDULES)
@@ -202,7 +210,7 @@ class FlowModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x, y = batch
-        objective = self.model.objective(x, self._labels(y))
+        objective = self.objective(self.model, x, self._labels(y))
         loss = objective.loss
         self._stop_unless_finite(torch.isfinite(loss).all(), "loss")
         for name, value in objective.logs.items():

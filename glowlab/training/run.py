@@ -11,7 +11,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -21,7 +20,6 @@ from glowlab.data import ImageDataModule
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.options import check_options
 from glowlab.outputs import check_writable
-from glowlab.overrides import key_of
 from glowlab.training.callbacks import StopOnSignal
 from glowlab.training.checkpoints import AtomicCheckpointIO
 from glowlab.training.data_order import make_train_order_resumable
@@ -45,9 +43,8 @@ class RunObjects:
 
 def check_config(cfg: DictConfig) -> None:
     """Reject values that would fail late or silently, naming the config key: every number's
-    range (``glowlab.options``, also for ``train(cfg)`` called from Python), the bit depth."""
+    range (``glowlab.options``, also for ``train(cfg)`` called from Python), the trainer."""
     check_options(cfg)
-    check_n_bits(cfg)
     check_trainer(cfg.trainer)
 
 
@@ -70,25 +67,6 @@ def check_trainer(trainer: DictConfig) -> None:
         )
 
 
-def _overridden(key: str) -> bool:
-    """True when ``key=...`` was given on the command line (Hydra's task overrides)."""
-    if not HydraConfig.initialized():
-        return False
-    return key in (key_of(o) for o in HydraConfig.get().overrides.task)
-
-
-def check_n_bits(cfg: DictConfig) -> None:
-    """The model is built for the data's bit depth: an explicit ``model.n_bits`` that
-    disagrees with ``data.n_bits`` is refused (the presets' own value yields to the data)."""
-    model_bits, data_bits = cfg.model.get("n_bits"), cfg.data.get("n_bits")
-    if model_bits is None or model_bits == data_bits or not _overridden("model.n_bits"):
-        return
-    raise ValueError(
-        f"model.n_bits={model_bits} disagrees with data.n_bits={data_bits}; the model is built "
-        f"for the data's bit depth, so set data.n_bits={model_bits} (and drop model.n_bits)"
-    )
-
-
 def output_directories(trainer: L.Trainer, cfg: DictConfig) -> list[str]:
     """Where the run will write: its output dir, callbacks' ``dirpath``s, loggers' dirs."""
     dirs = [str(cfg.paths.output_dir)]
@@ -105,7 +83,8 @@ def instantiate_nodes(nodes: DictConfig | None) -> list:
 
 
 def build_model(cfg: DictConfig, datamodule: ImageDataModule) -> MultiscaleFlow:
-    """Instantiate ``cfg.model`` for the data's image shape and bit depth."""
+    """Instantiate ``cfg.model`` for the data's image shape and bit depth (``data.n_bits``, the
+    model's only source of it: ``model.n_bits`` is refused by ``glowlab.migration``)."""
     num_classes = cfg.model.get("num_classes")
     if (
         num_classes

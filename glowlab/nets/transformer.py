@@ -1,5 +1,5 @@
-"""Transformer pieces over image patches: patchify, pre-LN Transformer layers with an optional
-key/value cache, a patchify bijection, and Jet's ViT coupling conditioner.
+"""Transformer networks over image patches: patchify, pre-LN Transformer layers with an optional
+key/value cache (TarFlow's causal blocks), and Jet's ViT coupling conditioner.
 
 Patches. ``patchify(x, p)`` cuts ``(B, C, H, W)`` into ``T = (H/p)·(W/p)`` raster-ordered
 tokens of ``D = C·p·p`` values; value ``c·p² + i·p + j`` of token ``(h, w)`` is pixel
@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glowlab.bijections.base import Bijection
 from glowlab.validation import check_int, check_positive
 
 
@@ -164,33 +163,6 @@ class Transformer(nn.Module):
         return self.norm(h)
 
 
-class Patchify(Bijection):
-    """``(B, C, H, W) -> (B, C·p·p, H/p, W/p)``: each ``p×p`` patch becomes one position with
-    ``C·p·p`` channels (Jet's patch tokens, laid out as an image). logdet = 0.
-
-    Channel ``c·p² + i·p + j`` holds pixel ``(p·h + i, p·w + j)`` of input channel ``c``.
-    """
-
-    def __init__(self, patch_size: int) -> None:
-        super().__init__()
-        check_patch_size(patch_size, patch_size, patch_size)
-        self.patch_size = patch_size
-
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        b, c, h, w = x.shape
-        p = self.patch_size
-        check_patch_size(p, h, w)
-        tokens = patchify(x, p)  # (B, T, C·p·p)
-        z = tokens.transpose(1, 2).reshape(b, c * p * p, h // p, w // p)
-        return z, x.new_zeros(b)
-
-    def inverse(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
-        b, d, h, w = z.shape
-        p = self.patch_size
-        tokens = z.reshape(b, d, h * w).transpose(1, 2)  # (B, T, C·p·p)
-        return unpatchify(tokens, p, (d // (p * p), h * p, w * p))
-
-
 class ViTConditioner(nn.Module):
     """Jet's coupling network: a ViT encoder, ``(B, in, H, W) -> (B, out, H, W)``.
 
@@ -200,6 +172,8 @@ class ViTConditioner(nn.Module):
     per token → unpatchify. The zero output makes every coupling start as the identity (for
     transforms that are the identity at zero parameters). Usable as ``Coupling``'s injected
     ``conditioner`` through ``functools.partial(ViTConditioner, width=..., depth=...)``.
+    ``bf16=True`` runs the network under bfloat16 autocast and returns the input's dtype (the
+    coupling's transform and logdet stay in fp32).
 
     References: Dosovitskiy et al., ViT, 2021; Kolesnikov et al., "Jet", 2024.
     """
@@ -213,6 +187,7 @@ class ViTConditioner(nn.Module):
         heads: int = 4,
         patch_size: int = 1,
         mlp_ratio: int = 4,
+        bf16: bool = False,
     ) -> None:
         super().__init__()
         check_heads(width, heads)
@@ -221,6 +196,7 @@ class ViTConditioner(nn.Module):
         check_patch_size(patch_size, patch_size, patch_size)
         self.patch_size = patch_size
         self.out_channels = out_channels
+        self.bf16 = bf16
         p2 = patch_size * patch_size
         self.embed = nn.Linear(in_channels * p2, width)
         self.transformer = Transformer(width, depth, heads, causal=False, mlp_ratio=mlp_ratio)
@@ -232,17 +208,19 @@ class ViTConditioner(nn.Module):
         _, _, h, w = x.shape
         p = self.patch_size
         check_patch_size(p, h, w)
-        e = self.embed(patchify(x, p))  # (B, T, width)
-        e = e + sincos_position_embedding(h // p, w // p, e.shape[-1], e)
-        out = self.out(self.transformer(e))  # (B, T, out·p·p)
-        return unpatchify(out, p, (self.out_channels, h, w))
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            e = self.embed(patchify(x, p))  # (B, T, width)
+            e = e + sincos_position_embedding(h // p, w // p, e.shape[-1], e)
+            out = self.out(self.transformer(e))  # (B, T, out·p·p)
+        return unpatchify(out.to(x.dtype), p, (self.out_channels, h, w))
 
 
 __all__ = [
-    "Patchify",
     "Transformer",
     "TransformerLayer",
     "ViTConditioner",
+    "check_heads",
+    "check_patch_size",
     "patchify",
     "sincos_position_embedding",
     "unpatchify",
