@@ -32,10 +32,11 @@ from glowlab.metrics import (
 from glowlab.metrics.importance_weighted import ABSENT_NOTE
 from glowlab.models import MultiscaleFlow
 from glowlab.report import main as report_main
+from glowlab.tools import evaluate
 from glowlab.tools.loading import build_datamodule
 from glowlab.training import FlowModule
 from glowlab.training.checkpoints import load_checkpoint
-from tests.conftest import TINY_RUN
+from tests.conftest import TINY_RUN, compose_run
 from tests.test_dequantization import SHAPE, _images, _prepared_flow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +113,15 @@ def test_a_metric_defined_here_reaches_metrics_json_tensorboard_and_the_report(
     [final] = accumulator.Scalars("hp/test_mean_pixel")
     assert final.value == pytest.approx(metrics["test/mean_pixel"], rel=1e-6)
 
-    report_main([str(tmp_path)])
+    # glowlab-eval on the checkpoint: the same 32 test images give the same mean
+    args = [f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", "max_images=32", "samples=1"]
+    args.append("metrics=[bpd,tests.test_metrics:mean_pixel]")
+    evaluate.main(compose_run(tmp_path / "eval", args, config_name="eval"))
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["metrics"] == ["bpd", "mean_pixel"]
+    assert report["mean_pixel"] == pytest.approx(metrics["test/mean_pixel"], rel=1e-6)
+
+    report_main([str(run_dir)])
     table = capsys.readouterr().out
     header = "| run | overrides | val/bpd | test/bpd | val/mean_pixel | test/mean_pixel |"
     assert header in table

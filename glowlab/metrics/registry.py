@@ -67,17 +67,17 @@ def metric_class(spec: str) -> type[Metric]:
 
 
 def build_metrics(
-    specs: Iterable[str],
+    specs: str | Iterable[str],
     model: MultiscaleFlow | None,
     option: str,
     provides: Iterable[str],
     **options,
 ) -> list[Metric]:
-    """Build the metrics named by ``specs`` for ``model``, each with those of ``options`` its
-    ``__init__`` takes (e.g. ``per_image=True``: keep per-image values). ``option`` names the
-    config key in messages; a metric whose ``needs`` the caller does not ``provide`` is
-    refused."""
-    specs = list(specs)
+    """Build the metrics named by ``specs`` (one name or a list) for ``model``, each with
+    those of ``options`` its ``__init__`` takes (e.g. ``per_image=True``: keep per-image
+    values). ``option`` names the config key in messages; a metric whose ``needs`` the caller
+    does not ``provide`` is refused."""
+    specs = [specs] if isinstance(specs, str) else [str(spec) for spec in specs]
     if not specs:
         raise ValueError(f"{option}=[] names no metric; give at least one, e.g. {option}=[bpd]")
     metrics = []

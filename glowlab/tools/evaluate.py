@@ -84,13 +84,13 @@ def evaluate(
     ``noisy_bpd_sem`` instead of ``bpd`` and ``bpd_sem``: its density of noisy images is not a
     bpd of the data.
 
-    Returns the summary (``split``, ``images``, ``samples``, ``seed``, ``metrics`` (their main
-    keys), every metric's keys and
-    notes, ``recon_max_abs``, ``recon_pixel_errors``) plus ``per_image_<key>``, float64
-    ``(N,)``, for each metric's per-image values (``per_image_bpd``, ...) and ``labels``
-    ``(N,)``. Batch ``i`` draws its noise from seed ``seed + i`` (``glowlab.metrics.measure``),
-    so ``samples=1``, ``seed=1234`` and the run's eval batch size reproduce its ``test/bpd``.
-    ``progress`` draws a bar over each pass through the batches.
+    Returns the summary (``split``, ``images``, ``samples``, ``seed``, ``metrics``: their main
+    keys, every metric's keys and notes, ``recon_max_abs``, ``recon_pixel_errors``) plus
+    ``per_image_<key>``, float64 ``(N,)``, for each metric's per-image values
+    (``per_image_bpd``, ...) and ``labels`` ``(N,)``. Batch ``i`` draws its noise from seed
+    ``seed + i`` (``glowlab.metrics.measure``), so ``samples=1``, ``seed=1234`` and the run's
+    eval batch size reproduce its ``test/bpd``. ``progress`` draws a bar over each pass
+    through the batches.
     """
     chosen = build_metrics(metrics, model, "metrics", IMAGE_LOOP, per_image=True)
     loader = split_loader(datamodule, split, max_images=max_images)
@@ -110,13 +110,12 @@ def write_per_image_csv(path: Path, labels: Tensor, columns: dict[str, Tensor]) 
     """``index,label,<key>...`` rows, one per image of the split (index = position in the
     split), a column per metric key with per-image values (``bpd`` or ``noisy_bpd``, and
     ``importance_weighted_bpd`` for a variational dequantizer)."""
-    values_per_image = zip(*(v.tolist() for v in columns.values()), strict=True)
+    values = [column.tolist() for column in columns.values()]
     text = io.StringIO(newline="")
     writer = csv.writer(text)
     writer.writerow(["index", "label", *columns])
     writer.writerows(
-        [i, int(y), *(f"{value:.6f}" for value in values)]
-        for i, (y, values) in enumerate(zip(labels, values_per_image, strict=True))
+        [i, int(y), *(f"{column[i]:.6f}" for column in values)] for i, y in enumerate(labels)
     )
     write_text(path, text.getvalue(), what="table")
 

@@ -85,7 +85,7 @@ class FlowModule(L.LightningModule):
         channels_last: bool = False,
         compile: str | None = None,
         resume_schedule: str | None = None,
-        metrics: Sequence[str] = ("bpd",),
+        metrics: str | Sequence[str] = ("bpd",),
     ) -> None:
         super().__init__()
         check_positive("init_batch_size", init_batch_size)
@@ -101,7 +101,7 @@ class FlowModule(L.LightningModule):
             self.model.to(memory_format=torch.channels_last)
         if compile is not None:
             compile_levels(self.model, compile)
-        names = [str(name) for name in metrics]
+        names = [metrics] if isinstance(metrics, str) else [str(name) for name in metrics]
         if "bpd" not in names:
             raise ValueError(
                 f"module.metrics={names} lacks bpd: validation and test always report the true "
