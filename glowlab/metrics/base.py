@@ -17,9 +17,10 @@ with ``.to(device)``; :meth:`Metric.reset` clears it.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torchmetrics
@@ -33,7 +34,7 @@ NEEDS = ("likelihood", "samples", "scores")
 IMAGE_LOOP = frozenset({"likelihood", "samples"})
 
 
-class Metric(nn.Module):
+class Metric(nn.Module, ABC):
     """One metric: ``name`` selects it (``module.metrics=[bpd,...]``, ``glowlab-eval
     metrics=[...]``) and is the key it is logged under (``val/<key>``, ``test/<key>``,
     ``metrics.json``, TensorBoard, HParams, ``glowlab-report``) unless :attr:`key` says
@@ -52,15 +53,15 @@ class Metric(nn.Module):
         """The main key of :meth:`compute` (``bpd`` gives ``noisy_bpd`` for a noisy model)."""
         return self.name
 
+    @abstractmethod
     def update(self, batch: Batch) -> None:
         """Accumulate one batch. Call the model here (e.g. draw samples), never in
         :meth:`compute`: during validation only the batches see the evaluated (EMA) weights."""
-        raise NotImplementedError
 
+    @abstractmethod
     def compute(self) -> dict[str, float | None]:
         """``{key: value}`` over the batches so far, :attr:`key` first; None where the metric
         is not defined for this model (a note in :meth:`describe` says why)."""
-        raise NotImplementedError
 
     def describe(self) -> dict[str, str]:
         """What the numbers are, for reports (``glowlab-eval``'s JSON): ``{field: text}``."""
@@ -139,13 +140,6 @@ def per_image_values() -> torchmetrics.CatMetric:
     return torchmetrics.CatMetric(nan_strategy="disable").set_dtype(torch.float64)
 
 
-def check_draws(samples: Any) -> int:
-    """``samples`` (dequantization draws per image) must be an integer >= 1."""
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples={samples} must be >= 1 (noise draws per image)")
-    return samples
-
-
 @torch.no_grad()
 def measure(
     model: MultiscaleFlow,
@@ -157,7 +151,8 @@ def measure(
     """Feed every batch ``(uint8 (B, C, H, W), long (B,))`` to every metric, on the model's
     device; batch ``i`` draws its ``samples`` noises from seed ``seed + i`` (as validation
     and test do from ``module.eval_seed``). Returns the labels ``(N,)``; read the metrics."""
-    check_draws(samples)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples={samples} must be >= 1 (noise draws per image)")
     metrics = list(metrics)
     device = next(model.parameters()).device
     for metric in metrics:
