@@ -322,7 +322,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_text(
             Path(cfg.paths.output_dir) / "metrics.json", json.dumps(metrics, indent=2) + "\n"
         )
-        keys = [metric_key(k, metrics["metric"]) for k in ("val/bpd", "test/bpd")]
+        keys = [f"{stage}/{k}" for k in metrics["metric_directions"] for stage in ("val", "test")]
         summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if metrics.get(k) is not None)
         summary = summary or f"no {' or '.join(keys)} (no validation or test ran)"
         say(f"glowlab: {summary} | steps {metrics['steps']} | {metrics['wall_time_s']:.0f} s", log)

@@ -92,6 +92,7 @@ def test_a_metric_defined_here_reaches_metrics_json_tensorboard_and_the_report(
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["steps"] == 2
     assert metrics["metric_directions"] == {"bpd": "lower", "mean_pixel": "higher"}
+    assert f"test/mean_pixel {metrics['test/mean_pixel']:.4f}" in done.stdout  # the last lines
 
     # the value: the mean pixel of the images validation and test saw (two batches each)
     config = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["glowlab"]["config"]
