@@ -129,9 +129,10 @@ class Batch:
         """``w_k = log p(x + u_k) - log q(u_k | x)`` in nats, float64 ``(B, draws)``."""
         return torch.stack([out.log_prob.double() for out in self.outputs], dim=1)
 
-    def to_bpd(self, log_prob: Tensor) -> Tensor:
-        """Nats ``(B,)`` -> bits per dim ``-log_prob / (D ln 2)``, ``D = C·H·W``."""
-        return -log_prob / (math.prod(self.images.shape[1:]) * math.log(2.0))
+    @property
+    def dims(self) -> int:
+        """``D = C·H·W``, the number of real pixels per image."""
+        return math.prod(self.images.shape[1:])
 
 
 def per_image_values() -> torchmetrics.CatMetric:

@@ -13,6 +13,7 @@ noisy_logdet_bpd``, so that it is never read as (or compared with) a bpd.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -23,7 +24,7 @@ from glowlab.metrics.base import Batch, Metric, per_image_values
 from glowlab.metrics.registry import register
 
 if TYPE_CHECKING:
-    from glowlab.models.multiscale import MultiscaleFlow
+    from glowlab.models.multiscale import FlowOutput, MultiscaleFlow
 
 UNIFORM_NOTE = (
     "mean over the noise draws of -log p((x + u) / 2^n_bits) with u ~ U[0,1)^D, in bits per "
@@ -52,6 +53,34 @@ def bound_of(model: MultiscaleFlow) -> tuple[str, str]:
     return "variational dequantization bound", VARIATIONAL_NOTE
 
 
+def nats_to_bpd(log_prob: Tensor, dims: int) -> Tensor:
+    """``-log_prob / (D ln 2)``: nats of an image of ``D`` pixels -> bits per dim."""
+    return -log_prob / (dims * math.log(2.0))
+
+
+def bpd_parts(
+    outputs: Sequence[FlowOutput], dims: int, noisy: bool = False, float64: bool = False
+) -> dict[str, Tensor]:
+    """The reported numbers, each ``(B,)``, from the model's outputs under one or more draws
+    (each part averaged over the draws in nats, in float64 if ``float64``, then converted):
+    ``bpd = prior_bpd + logdet_bpd + dequant_bpd``, or ``noisy_bpd = noisy_prior_bpd +
+    noisy_logdet_bpd`` for a noise-augmented model (``noisy``). Differentiable."""
+    nats = {
+        "bpd": [out.log_prob for out in outputs],
+        "prior_bpd": [out.log_prior for out in outputs],
+        "logdet_bpd": [out.logdet for out in outputs],
+    }
+    if not noisy:
+        nats["dequant_bpd"] = [-out.log_q for out in outputs]
+    parts = {}
+    for part, values in nats.items():
+        draws = torch.stack(values, dim=1)  # (B, draws)
+        parts[("noisy_" if noisy else "") + part] = nats_to_bpd(
+            (draws.double() if float64 else draws).mean(dim=1), dims
+        )
+    return parts
+
+
 def sem(values: Tensor) -> float:
     """Standard error of the mean of ``values`` ``(N,)`` (NaN for a single value)."""
     return values.std().item() / math.sqrt(len(values)) if len(values) > 1 else float("nan")
@@ -74,11 +103,10 @@ class BitsPerDim(Metric):
 
     def __init__(self, model: MultiscaleFlow, per_image: bool = False) -> None:
         super().__init__()
-        self.prefix = "" if model.noise_sigma is None else "noisy_"
+        self.noisy = model.noise_sigma is not None
         self.bound, self.note = bound_of(model)
-        parts = ("bpd", "prior_bpd", "logdet_bpd")
-        parts += ("dequant_bpd",) if model.noise_sigma is None else ()
-        self.keys = [self.prefix + part for part in parts]
+        parts = ("bpd", "prior_bpd", "logdet_bpd", *(() if self.noisy else ("dequant_bpd",)))
+        self.keys = [("noisy_" if self.noisy else "") + part for part in parts]
         self.keep_per_image = per_image
         dtype = model._dtype()
         state = per_image_values if per_image else (lambda: MeanMetric().set_dtype(dtype))
@@ -89,17 +117,9 @@ class BitsPerDim(Metric):
         return self.keys[0]
 
     def update(self, batch: Batch) -> None:
-        nats = {
-            "bpd": [out.log_prob for out in batch.outputs],
-            "prior_bpd": [out.log_prior for out in batch.outputs],
-            "logdet_bpd": [out.logdet for out in batch.outputs],
-            "dequant_bpd": [-out.log_q for out in batch.outputs],
-        }
-        for key in self.keys:
-            draws = torch.stack(nats[key.removeprefix(self.prefix)], dim=1)
-            if self.keep_per_image:
-                draws = draws.double()
-            self.state[key].update(batch.to_bpd(draws.mean(dim=1)))
+        parts = bpd_parts(batch.outputs, batch.dims, self.noisy, float64=self.keep_per_image)
+        for key, values in parts.items():
+            self.state[key].update(values)
 
     def compute(self) -> dict[str, float | None]:
         if not self.keep_per_image:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from glowlab.metrics.base import Batch, Metric, per_image_values
-from glowlab.metrics.bpd import sem
+from glowlab.metrics.bpd import nats_to_bpd, sem
 from glowlab.metrics.registry import register
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class ImportanceWeightedBound(Metric):
 
     def update(self, batch: Batch) -> None:
         if self.defined:
-            self.values.update(batch.to_bpd(importance_weighted(batch.log_weights)))
+            self.values.update(nats_to_bpd(importance_weighted(batch.log_weights), batch.dims))
 
     def compute(self) -> dict[str, float | None]:
         if not self.defined:
