@@ -221,9 +221,11 @@ def budget_line(metrics: dict[str, Any]) -> str | None:
 
 
 def fit_and_test(cfg: DictConfig, run: RunObjects) -> dict[str, Any]:
-    """Fit (optionally resuming), test the best checkpoint, return the run's metrics: ``val/``,
-    ``train/`` and ``test/`` + the model's ``metric_name`` (``bpd``, or ``noisy_bpd`` for
-    Gaussian noise augmentation), ``metric``, and the run's facts."""
+    """Fit (optionally resuming), test the best checkpoint, return the run's metrics: ``val/``
+    and ``test/`` + the main key of each of ``module.metrics`` (``bpd``, or ``noisy_bpd`` for
+    Gaussian noise augmentation, ...), ``train/`` + the model's ``metric_name``, ``metric``,
+    ``metric_directions`` (``{key: "lower" | "higher"}``, for ``glowlab-report``) and the
+    run's facts."""
     trainer, module, datamodule = run.trainer, run.module, run.datamodule
     started = time.perf_counter()
     metrics: dict[str, Any] = {}
@@ -248,18 +250,22 @@ def fit_and_test(cfg: DictConfig, run: RunObjects) -> dict[str, Any]:
         except NonFiniteLossError as error:
             first = module.resumed_step or 0
             raise FloatingPointError(_nonfinite_message(cfg, error, first)) from None
-        for key in ("val/bpd", "train/bpd"):
-            key = metric_key(key, run.model.metric_name)
-            metrics[key] = _metric(trainer, key)
+        for key in module.metric_keys:
+            metrics[f"val/{key}"] = _metric(trainer, f"val/{key}")
+        key = metric_key("train/bpd", run.model.metric_name)
+        metrics[key] = _metric(trainer, key)
     fitted = time.perf_counter()
     if cfg.test:
         best = _best_checkpoint(trainer) if cfg.train else ckpt_path
         trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False)
-        key = metric_key("test/bpd", run.model.metric_name)
-        metrics[key] = _metric(trainer, key)
+        for key in module.metric_keys:
+            metrics[f"test/{key}"] = _metric(trainer, f"test/{key}")
         metrics["test_checkpoint"] = best
     metrics.update(
         metric=run.model.metric_name,
+        metric_directions={
+            key: "higher" if higher else "lower" for key, higher in module.metric_keys.items()
+        },
         steps=trainer.global_step,
         steps_planned=module.total_steps,
         stopped_by=stopped_by(trainer) if cfg.train else None,
@@ -276,13 +282,15 @@ def fit_and_test(cfg: DictConfig, run: RunObjects) -> dict[str, Any]:
 
 
 def _log_hparams(cfg: DictConfig, run: RunObjects, metrics: dict[str, Any]) -> None:
-    """Send the resolved config and the final bpd to the loggers: TensorBoard's HPARAMS tab
-    gets the config as hparams and ``hp/val_bpd``, ``hp/test_bpd`` as its metrics."""
+    """Send the resolved config and the final metrics to the loggers: TensorBoard's HPARAMS
+    tab gets the config as hparams and ``hp/<stage>_<key>`` (``hp/val_bpd``, ``hp/test_bpd``,
+    ``hp/train_bpd``, one per key of ``metric_directions``) as its metrics."""
     flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    keys = {metrics["metric"], *metrics["metric_directions"]}
     final = {
         f"hp/{k.replace('/', '_')}": float(v)
         for k, v in metrics.items()
-        if k.endswith("bpd") and v is not None
+        if k.partition("/")[2] in keys and v is not None
     }
     for logger in run.trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
@@ -314,7 +322,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_text(
             Path(cfg.paths.output_dir) / "metrics.json", json.dumps(metrics, indent=2) + "\n"
         )
-        keys = [metric_key(k, metrics["metric"]) for k in ("val/bpd", "test/bpd")]
+        keys = [f"{stage}/{k}" for k in metrics["metric_directions"] for stage in ("val", "test")]
         summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if metrics.get(k) is not None)
         summary = summary or f"no {' or '.join(keys)} (no validation or test ran)"
         say(f"glowlab: {summary} | steps {metrics['steps']} | {metrics['wall_time_s']:.0f} s", log)

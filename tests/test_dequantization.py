@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.distributions import Normal
 
+from glowlab import metrics
 from glowlab.bijections import (
     ActNorm,
     Coupling,
@@ -27,14 +28,6 @@ from glowlab.models import Level, MultiscaleFlow
 from glowlab.nets.conditioners import GlowConditioner
 from glowlab.priors import LearnedPrior
 from glowlab.tools import evaluate
-from glowlab.tools.likelihood import (
-    IMPORTANCE_WEIGHTED,
-    IMPORTANCE_WEIGHTED_ABSENT,
-    VARIATIONAL_DEQUANTIZATION,
-    dequantization_log_weights,
-    per_image_bounds,
-    per_image_bpd,
-)
 from tests.conftest import compose_run, perturb_parameters
 
 SHAPE = (1, 4, 4)
@@ -168,31 +161,6 @@ def test_gradients_of_the_bound_reach_the_flow_and_q() -> None:
     assert not missing, missing
 
 
-def test_importance_weighted_bound_is_below_the_variational_bound() -> None:
-    model = _prepared_flow()
-    x = _images(3)
-    with torch.no_grad():
-        weights = dequantization_log_weights(model, x, None, 6, torch.Generator().manual_seed(4))
-    assert weights.shape == (3, 6) and weights.dtype == torch.float64
-    to_bpd = model.nats_to_bpd
-    variational = to_bpd(VARIATIONAL_DEQUANTIZATION.reduce(weights))
-    weighted = to_bpd(IMPORTANCE_WEIGHTED.reduce(weights))
-    by_hand = -torch.log(torch.exp(weights).mean(1)) / (16 * math.log(2))
-    torch.testing.assert_close(weighted, by_hand)
-    assert (weighted < variational).all()
-    single = weights[:, :1]
-    assert torch.equal(
-        IMPORTANCE_WEIGHTED.reduce(single), VARIATIONAL_DEQUANTIZATION.reduce(single)
-    )
-    batches = [(x, torch.zeros(3, dtype=torch.long))]
-    both = [VARIATIONAL_DEQUANTIZATION, IMPORTANCE_WEIGHTED]
-    bounds, _ = per_image_bounds(model, batches, both, samples=6, seed=4)
-    torch.testing.assert_close(bounds[IMPORTANCE_WEIGHTED.name], weighted)
-    torch.testing.assert_close(per_image_bpd(model, batches, 6, seed=4)[0], variational)
-    one, _ = per_image_bounds(model, batches, both, samples=1)
-    assert torch.equal(one[IMPORTANCE_WEIGHTED.name], one[VARIATIONAL_DEQUANTIZATION.name])
-
-
 def test_training_q_alone_lowers_the_bound() -> None:
     model = _prepared_flow()
     x = _images(8)
@@ -250,13 +218,13 @@ def test_evaluate_reports_the_variational_and_importance_weighted_bounds() -> No
     assert result["bound"] == "variational dequantization bound"
     assert "log q(u|x)" in result["bound_note"]
     assert result["importance_weighted_bpd"] < result["bpd"]
-    assert result["importance_weighted_note"] == IMPORTANCE_WEIGHTED.note
+    assert result["importance_weighted_note"] == metrics.importance_weighted.NOTE
     assert result["recon_pixel_errors"] == 0
     uniform = MultiscaleFlow(SHAPE, Shift(), list(model.levels))
     report = evaluate.evaluate(uniform, datamodule, "test", samples=3, seed=7)
     assert report["bound"] == "uniform dequantization bound"
     assert report["importance_weighted_bpd"] is None
-    assert report["importance_weighted_note"] == IMPORTANCE_WEIGHTED_ABSENT
+    assert report["importance_weighted_note"] == metrics.importance_weighted.ABSENT_NOTE
 
 
 def test_eval_app_on_a_variational_checkpoint(tmp_path: Path) -> None:
@@ -278,7 +246,7 @@ def test_eval_app_on_a_variational_checkpoint(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert report["bound"] == "variational dequantization bound"
     assert report["importance_weighted_bpd"] < report["bpd"]
-    assert report["importance_weighted_note"] == IMPORTANCE_WEIGHTED.note
+    assert report["importance_weighted_note"] == metrics.importance_weighted.NOTE
     with (tmp_path / "out" / "per_image_bpd.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4

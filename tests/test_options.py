@@ -196,7 +196,8 @@ def test_every_tool_config_passes(tool: str) -> None:
 
 
 def _targets() -> dict[str, set[str]]:
-    """Every ``_target_`` in conf/ (hydra's own plugins left out) -> its numeric keys there."""
+    """Every ``_target_`` in conf/ (hydra's own plugins left out) -> its numeric keys there
+    (lists of names, such as ``module.metrics``, are not numbers)."""
     found: dict[str, set[str]] = {}
 
     def walk(node) -> None:
@@ -208,6 +209,7 @@ def _targets() -> dict[str, set[str]]:
                     for k, v in node.items()
                     if isinstance(v, int | float | list)
                     and not isinstance(v, bool)
+                    and not (isinstance(v, list) and v and all(isinstance(i, str) for i in v))
                     and k != "defaults"
                 }
                 found.setdefault(target, set()).update(numeric)

@@ -17,7 +17,6 @@ from glowlab.models import glow
 from glowlab.tools import evaluate, interpolate, manipulate, sample, score
 from glowlab.tools.images import image_files, read_images
 from glowlab.tools.loading import build_datamodule, images_at, load_flow, split_dataset
-from glowlab.tools.metrics import auroc
 from tests.conftest import compose_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,19 +173,7 @@ def test_manipulate_app_writes_a_grid(ckpt, tmp_path: Path) -> None:
     assert _png(tmp_path / "manipulation.png").shape[0] == 2 * 40 + 2 * 4 + 20  # header row
 
 
-# ------------------------------------------------------------------ score / AUROC
-def test_auroc_known_answers() -> None:
-    assert auroc(torch.tensor([3.0, 4.0]), torch.tensor([1.0, 2.0])) == 1.0
-    assert auroc(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])) == 0.0
-    assert auroc(torch.ones(5), torch.ones(3)) == 0.5
-    # pairs: (3>2) (3>1) (2=2: 1/2) (2>1) (2=2: 1/2) (2>1) -> 5 of 6
-    assert auroc(torch.tensor([3.0, 2.0, 2.0]), torch.tensor([2.0, 1.0])) == pytest.approx(5 / 6)
-    gen = torch.Generator().manual_seed(0)
-    pos, neg = torch.randint(0, 5, (40,), generator=gen), torch.randint(0, 4, (30,), generator=gen)
-    wins = (pos[:, None] > neg[None]).double() + 0.5 * (pos[:, None] == neg[None]).double()
-    assert auroc(pos.float(), neg.float()) == pytest.approx(wins.mean().item())
-
-
+# ------------------------------------------------------------------ score
 def test_score_app_flags_noise_images_against_the_test_split(ckpt, tmp_path: Path) -> None:
     folder = tmp_path / "noise"
     folder.mkdir()

@@ -1,14 +1,16 @@
-"""``glowlab-eval``: bits per dim of a checkpoint on a data split, and its reconstruction error.
+"""``glowlab-eval``: the metrics of a checkpoint on a data split (bits per dim by default), and
+its reconstruction error.
 
 Examples::
 
     glowlab-eval ckpt=logs/train/runs/<time>/checkpoints/last.ckpt
     glowlab-eval ckpt=... split=val samples=16
+    glowlab-eval ckpt=... metrics=[bpd]                     # only bpd (default [bpd,iw_bound])
     glowlab-eval ckpt=... data.root=/mnt/fashion-mnist     # the run's data, moved
 
 Writes ``eval.json`` (summary), ``per_image_bpd.csv`` and ``bpd_histogram.png`` to the run dir.
 For a model with a variational dequantizer (Flow++) the summary and the CSV also give the
-importance-weighted bound over the same ``samples`` draws.
+importance-weighted bound (``iw_bound``) over the same ``samples`` draws.
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +30,10 @@ from torch import Tensor
 from glowlab.cli import hydra_app, run_cli
 from glowlab.console import say
 from glowlab.data import ImageDataModule
+from glowlab.metrics import IMAGE_LOOP, build_metrics, measure
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.outputs import save_image, write_text
 from glowlab.tools.cli import check_ckpt, check_device, output_dir, write_json
-from glowlab.tools.likelihood import (
-    IMPORTANCE_WEIGHTED,
-    IMPORTANCE_WEIGHTED_ABSENT,
-    model_bounds,
-    per_image_bounds,
-)
 from glowlab.tools.loading import build_datamodule, load_flow, model_labels, split_loader
 from glowlab.tools.plots import histogram
 from glowlab.tools.progress import track
@@ -67,11 +63,6 @@ def reconstruction_error(
     return {"recon_max_abs": max_abs, "recon_pixel_errors": errors}
 
 
-def _sem(bpd: Tensor) -> float:
-    """Standard error of the mean over images (NaN for a single image)."""
-    return bpd.std().item() / math.sqrt(len(bpd)) if len(bpd) > 1 else float("nan")
-
-
 def evaluate(
     model: MultiscaleFlow,
     datamodule: ImageDataModule,
@@ -80,75 +71,64 @@ def evaluate(
     seed: int = 1234,
     max_images: int | None = None,
     progress: bool = False,
+    metrics: Sequence[str] = ("bpd", "iw_bound"),
 ) -> dict[str, Any]:
-    """Bits per dim of ``split`` under the model's bounds (``samples`` noise draws per image)
-    and the reconstruction error.
+    """The ``metrics`` (``glowlab.metrics``) of ``split`` under ``samples`` dequantization draws
+    per image, and the reconstruction error.
 
-    ``bpd`` is the model's training bound: uniform dequantization, or the variational bound
-    of a variational dequantizer, whose model also gets ``importance_weighted_bpd`` from the
-    same draws (``null`` otherwise; ``importance_weighted_note`` says why).
-
+    ``bpd`` is the model's training bound (uniform dequantization, or the variational bound of
+    a variational dequantizer) with ``bpd_sem``, its standard error over images, its parts,
+    ``bound`` and ``bound_note``; ``iw_bound`` gives ``importance_weighted_bpd`` from the same
+    draws (``null`` without a variational dequantizer; ``importance_weighted_note`` says why).
     A noise-augmented model (``model/dequantization=gaussian``) gets ``noisy_bpd`` and
     ``noisy_bpd_sem`` instead of ``bpd`` and ``bpd_sem``: its density of noisy images is not a
-    bpd of the data (``glowlab.tools.likelihood.NOISE_AUGMENTED``).
+    bpd of the data.
 
-    Returns the summary (``bpd``, ``bpd_sem``: standard error over images, ``bound``,
-    ``bound_note``, ``importance_weighted_bpd``, ``importance_weighted_bpd_sem``,
-    ``importance_weighted_note``, ``recon_max_abs``, ``recon_pixel_errors``, ...) plus float64
-    ``(N,)`` tensors ``per_image_bpd`` and ``per_image_importance_weighted_bpd`` (or None) and
-    ``labels`` ``(N,)``. Noise seeding: see ``glowlab.tools.likelihood.per_image_bounds``.
-    ``progress`` draws a bar over each pass through the batches.
+    Returns the summary (``split``, ``images``, ``samples``, ``seed``, ``metrics``: their main
+    keys, every metric's keys and notes, ``recon_max_abs``, ``recon_pixel_errors``) plus
+    ``per_image_<key>``, float64 ``(N,)``, for each metric's per-image values
+    (``per_image_bpd``, ...) and ``labels`` ``(N,)``. Batch ``i`` draws its noise from seed
+    ``seed + i`` (``glowlab.metrics.measure``), so ``samples=1``, ``seed=1234`` and the run's
+    eval batch size reproduce its ``test/bpd``. ``progress`` draws a bar over each pass
+    through the batches.
     """
+    chosen = build_metrics(metrics, model, "metrics", IMAGE_LOOP, per_image=True)
     loader = split_loader(datamodule, split, max_images=max_images)
-    bounds = model_bounds(model)
-    per_bound, labels = per_image_bounds(model, loader, bounds, samples, seed, progress)
-    bpd = per_bound[bounds[0].name]
-    weighted = per_bound.get(IMPORTANCE_WEIGHTED.name)
-    name = model.metric_name  # "noisy_bpd" for Gaussian noise augmentation: never "bpd"
-    return {
-        "split": split,
-        "images": len(bpd),
-        "samples": samples,
-        "seed": seed,
-        name: bpd.mean().item(),
-        f"{name}_sem": _sem(bpd),
-        "bound": bounds[0].name,
-        "bound_note": bounds[0].note,
-        "importance_weighted_bpd": None if weighted is None else weighted.mean().item(),
-        "importance_weighted_bpd_sem": None if weighted is None else _sem(weighted),
-        "importance_weighted_note": (
-            IMPORTANCE_WEIGHTED_ABSENT if weighted is None else IMPORTANCE_WEIGHTED.note
-        ),
-        **reconstruction_error(model, loader, progress),
-        "per_image_bpd": bpd,
-        "per_image_importance_weighted_bpd": weighted,
-        "labels": labels,
-    }
+    labels = measure(model, track(loader, "metrics", progress), chosen, samples, seed)
+    result: dict[str, Any] = {"split": split, "images": len(labels), "samples": samples}
+    result.update(seed=seed, metrics=[metric.key for metric in chosen])
+    per_image: dict[str, Any] = {}
+    for metric in chosen:
+        result.update(metric.compute())
+        result.update(metric.describe())
+        per_image.update({f"per_image_{k}": v for k, v in metric.per_image().items()})
+    result.update(reconstruction_error(model, loader, progress))
+    return {**result, **per_image, "labels": labels}
 
 
-def write_per_image_csv(
-    path: Path,
-    bpd: Tensor,
-    labels: Tensor,
-    importance_weighted: Tensor | None = None,
-    column: str = "bpd",
-) -> None:
-    """``index,label,<column>`` rows (``column``: ``bpd``, or ``noisy_bpd`` for a noise-augmented
-    model), one per image of the split (index = position in the split), plus an
-    ``importance_weighted_bpd`` column when ``importance_weighted`` is given."""
-    header, columns = ["index", "label", column], [bpd.tolist()]
-    if importance_weighted is not None:
-        header.append("importance_weighted_bpd")
-        columns.append(importance_weighted.tolist())
-    values_per_image = zip(*columns, strict=True)
+def write_per_image_csv(path: Path, labels: Tensor, columns: dict[str, Tensor]) -> None:
+    """``index,label,<key>...`` rows, one per image of the split (index = position in the
+    split), a column per metric key with per-image values (``bpd`` or ``noisy_bpd``, and
+    ``importance_weighted_bpd`` for a variational dequantizer)."""
+    values = [column.tolist() for column in columns.values()]
     text = io.StringIO(newline="")
     writer = csv.writer(text)
-    writer.writerow(header)
+    writer.writerow(["index", "label", *columns])
     writer.writerows(
-        [i, int(y), *(f"{value:.6f}" for value in values)]
-        for i, (y, values) in enumerate(zip(labels, values_per_image, strict=True))
+        [i, int(y), *(f"{column[i]:.6f}" for column in values)] for i, y in enumerate(labels)
     )
     write_text(path, text.getvalue(), what="table")
+
+
+def _summary_line(result: dict[str, Any], keys: Sequence[str]) -> str:
+    """``bpd 3.2100 ± 0.0100, importance_weighted_bpd ...`` for the metrics that have a value."""
+    parts = []
+    for key in keys:
+        if result.get(key) is None:
+            continue
+        sem = result.get(f"{key}_sem")
+        parts.append(f"{key} {result[key]:.4f}" + ("" if sem is None else f" ± {sem:.4f}"))
+    return ", ".join(parts) or "no metric defined for this model"
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -158,34 +138,38 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model, run_config = load_flow(check_ckpt(cfg.ckpt), check_device(cfg.device))
     datamodule = build_datamodule(run_config, cfg.get("data"), model)
     result = evaluate(
-        model, datamodule, cfg.split, cfg.samples, cfg.seed, cfg.max_images, cfg.progress
+        model,
+        datamodule,
+        cfg.split,
+        cfg.samples,
+        cfg.seed,
+        cfg.max_images,
+        cfg.progress,
+        list(cfg.metrics),
     )
     out = output_dir(cfg)
-    bpd, labels = result.pop("per_image_bpd"), result.pop("labels")
-    weighted = result.pop("per_image_importance_weighted_bpd")
-    name = model.metric_name  # bpd, or noisy_bpd (Gaussian noise augmentation)
-    write_per_image_csv(out / "per_image_bpd.csv", bpd, labels, weighted, column=name)
-    title = f"{datamodule.name} {cfg.split}: mean {result[name]:.4f} {name}"
-    groups = {cfg.split: bpd}
-    if weighted is not None:
-        groups = {f"{cfg.split} variational": bpd, f"{cfg.split} importance-weighted": weighted}
-    save_image(histogram(groups, "bits per dim", title, cfg.bins), out / "bpd_histogram.png")
+    labels = result.pop("labels")
+    columns = {
+        key.removeprefix("per_image_"): result.pop(key)
+        for key in list(result)
+        if key.startswith("per_image_")
+    }
+    write_per_image_csv(out / "per_image_bpd.csv", labels, columns)
+    if columns:
+        groups = {f"{cfg.split} {key}": values for key, values in columns.items()}
+        main = next(iter(columns))
+        title = f"{datamodule.name} {cfg.split}: mean {result[main]:.4f} {main}"
+        save_image(histogram(groups, "bits per dim", title, cfg.bins), out / "bpd_histogram.png")
     result.update(
         checkpoint=str(cfg.ckpt), data=datamodule.name, wall_time_s=time.perf_counter() - started
     )
     write_json(out / "eval.json", result)
-    if weighted is None:
-        weighted_text = "no variational dequantizer"
-    else:
-        weighted_text = (
-            f"importance-weighted bpd {result['importance_weighted_bpd']:.4f} ± "
-            f"{result['importance_weighted_bpd_sem']:.4f}"
-        )
+    bound = f"{result['bound']}, " if "bound" in result else ""
     say(
-        f"glowlab-eval: {cfg.split} {name} {result[name]:.4f} ± {result[name + '_sem']:.4f} "
-        f"({result['bound']}, samples={cfg.samples}, {result['images']} images; "
-        f"{weighted_text}) | reconstruction max |Δv| {result['recon_max_abs']:.2e}, "
-        f"{result['recon_pixel_errors']} pixels off | {out / 'eval.json'}",
+        f"glowlab-eval: {cfg.split} {_summary_line(result, result['metrics'])} ({bound}samples="
+        f"{cfg.samples}, {result['images']} images) | reconstruction max |Δv| "
+        f"{result['recon_max_abs']:.2e}, {result['recon_pixel_errors']} pixels off | "
+        f"{out / 'eval.json'}",
         log,
     )
     return result

@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,14 +33,14 @@ from torch import Tensor
 from glowlab.cli import hydra_app, run_cli
 from glowlab.console import say
 from glowlab.data import ImageDataModule
+from glowlab.metrics import AUROC, BitsPerDim, measure
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.outputs import save_image, write_text
 from glowlab.tools.cli import check_ckpt, check_device, log, output_dir, write_json
 from glowlab.tools.images import image_files, read_images
-from glowlab.tools.likelihood import per_image_bpd
 from glowlab.tools.loading import SPLITS, build_datamodule, file_labels, load_flow, split_loader
-from glowlab.tools.metrics import auroc
 from glowlab.tools.plots import histogram
+from glowlab.tools.progress import track
 from glowlab.validation import check_int
 
 
@@ -49,13 +49,34 @@ def typicality(bpd: Tensor, train_mean_bpd: float) -> Tensor:
     return (bpd - train_mean_bpd).abs()
 
 
+def per_image_bpd(
+    model: MultiscaleFlow,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    samples: int = 1,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Bits per dim of every image (the model's bound, ``glowlab.metrics.BitsPerDim``), float64
+    ``(N,)``, with the labels ``(N,)``; batch ``i`` draws its noise from seed ``seed + i``."""
+    metric = BitsPerDim(model, per_image=True)
+    labels = measure(model, track(batches, "bits per dim", progress), [metric], samples, seed)
+    return metric.per_image()[metric.key], labels
+
+
+def _auroc(positive: Tensor, negative: Tensor) -> float:
+    metric = AUROC()
+    metric.update(positive, positive=True)
+    metric.update(negative, positive=False)
+    return metric.compute()[AUROC.name]
+
+
 def ood_report(
     inputs_bpd: Tensor, reference_bpd: Tensor, train_mean_bpd: float
 ) -> dict[str, float]:
     """AUROC of flagging ``inputs`` (positives) over ``reference`` by bpd and by typicality."""
     return {
-        "auroc_bpd": auroc(inputs_bpd, reference_bpd),
-        "auroc_typicality": auroc(
+        "auroc_bpd": _auroc(inputs_bpd, reference_bpd),
+        "auroc_typicality": _auroc(
             typicality(inputs_bpd, train_mean_bpd), typicality(reference_bpd, train_mean_bpd)
         ),
     }
@@ -92,7 +113,7 @@ def score_files(
     batches = [
         (x[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(x), batch_size)
     ]
-    return per_image_bpd(model, batches, samples, seed, progress=progress)[0]
+    return per_image_bpd(model, batches, samples, seed, progress)[0]
 
 
 def _score(

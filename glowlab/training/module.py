@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.plugins.precision import Precision
 from torch import Tensor
-from torchmetrics import MeanMetric
 
 from glowlab.bijections.actnorm import ActNorm
 from glowlab.compilation import compile_levels
+from glowlab.metrics import IMAGE_LOOP, Batch, Metric, build_metrics
 from glowlab.migration import CHECKPOINT_FORMAT
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.objectives import Likelihood, Objective
@@ -45,16 +45,15 @@ class NonFiniteLossError(RuntimeError):
 
 class FlowModule(L.LightningModule):
     """Trains a ``MultiscaleFlow`` by ``objective`` (``glowlab.objectives``: maximum
-    likelihood by default) and validates and tests by ``model.bpd_parts``, the true likelihood.
+    likelihood by default) and validates and tests by the ``metrics`` of ``glowlab.metrics``.
 
-    Logs ``train/<each objective term>``, ``{val,test}/bpd`` and its parts: ``*/prior_bpd``
-    (from ``log p(z)``), ``*/logdet_bpd`` (from the logdet, including the dequantisation's
-    ``n_bits``) and ``*/dequant_bpd`` (from ``-log q(u|x)`` of a variational dequantizer; 0
-    for uniform), so ``bpd = prior_bpd + logdet_bpd + dequant_bpd``. A noise-augmented model
-    logs ``*/noisy_bpd`` and its ``noisy_*`` parts instead (``model.metric_name``; the density
-    of the noisy images, not a bpd of the data). Validation and test use a fixed noise draw
-    per batch, so their numbers are reproducible. With the ``EMA`` callback, validation and
-    test evaluate the averaged weights.
+    Logs ``train/<each objective term>`` and, at the end of each validation and test,
+    ``{val,test}/<key>`` for every key of every metric: for ``bpd``, the true likelihood,
+    ``*/bpd`` and its parts ``*/prior_bpd``, ``*/logdet_bpd``, ``*/dequant_bpd`` (a
+    noise-augmented model: ``*/noisy_bpd`` and its ``noisy_*`` parts, the density of the noisy
+    images, not a bpd of the data; ``glowlab.metrics.bpd``). Validation and test use a fixed
+    noise draw per batch, so their numbers are reproducible. With the ``EMA`` callback,
+    validation and test evaluate the averaged weights.
 
     Args:
         model: the flow.
@@ -77,6 +76,8 @@ class FlowModule(L.LightningModule):
             refuses with the choices, ``"keep"`` keeps the original schedule (the steps past
             its end run at its final LR: 0 for a cosine to 0), ``"rebuild"`` builds the
             schedule anew over the new total and continues it at the current step.
+        metrics: names of the metrics validation and test report (``glowlab.metrics``
+            registry, or ``package.module:name``); ``bpd`` must be one of them.
     """
 
     def __init__(
@@ -90,6 +91,7 @@ class FlowModule(L.LightningModule):
         compile: str | None = None,
         resume_schedule: str | None = None,
         objective: TrainingObjective | None = None,
+        metrics: str | Sequence[str] = ("bpd",),
     ) -> None:
         super().__init__()
         self.objective = Likelihood() if objective is None else objective
@@ -107,7 +109,18 @@ class FlowModule(L.LightningModule):
             self.model.to(memory_format=torch.channels_last)
         if compile is not None:
             compile_levels(self.model, compile)
-        self.metrics = torch.nn.ModuleDict()  # "{stage}_{name}" -> MeanMetric, made on first use
+        names = [metrics] if isinstance(metrics, str) else [str(name) for name in metrics]
+        if "bpd" not in names:
+            raise ValueError(
+                f"module.metrics={names} lacks bpd: validation and test always report the true "
+                f"bpd (and checkpoints are chosen by it); use module.metrics={['bpd', *names]}"
+            )
+        # a plain dict, not submodules: metric states (and any feature network a metric
+        # holds) stay out of the checkpoints
+        self.stage_metrics: dict[str, list[Metric]] = {
+            stage: build_metrics(names, model, "module.metrics", IMAGE_LOOP)
+            for stage in ("val", "test")
+        }
         self.ranks_agree: dict[str, bool] = {}
         self.nonfinite_step: int | None = None  # set when the loss goes NaN/Inf
         self.run_config: dict[str, Any] = {}
@@ -247,29 +260,56 @@ class FlowModule(L.LightningModule):
             self.nonfinite_step = self.global_step
             raise NonFiniteLossError(self.global_step, what)
 
+    @property
+    def metric_keys(self) -> dict[str, bool]:
+        """``{key: higher_is_better}`` of the metrics' main keys (``bpd`` or ``noisy_bpd``,
+        ...): what ``metrics.json``, HParams and ``glowlab-report`` carry as ``val/<key>``,
+        ``test/<key>``."""
+        return {metric.key: metric.higher_is_better for metric in self.stage_metrics["val"]}
+
+    def _start_metrics(self, stage: str) -> None:
+        for metric in self.stage_metrics[stage]:
+            metric.to(self.device)
+            metric.reset()
+
     def _eval_step(self, stage: str, batch, batch_idx: int) -> None:
-        x = batch[0]
-        gen = torch.Generator(device="cpu").manual_seed(self.eval_seed + batch_idx)
-        noise = torch.rand(x.shape, generator=gen).to(self.device, self.model._dtype())
-        for name, value in self.model.bpd_parts(x, self._labels(batch[1]), noise).items():
-            key = f"{stage}_{name}"
-            if key not in self.metrics:
-                self.metrics[key] = MeanMetric().to(self.device)
-            metric = self.metrics[key]
-            metric.update(value)
-            self.log(
-                f"{stage}/{name}",
-                metric,
-                prog_bar=name == self.model.metric_name,
-                on_epoch=True,
-                metric_attribute=f"metrics.{key}",
-            )
+        x, y = batch
+        images = Batch(self.model, x, self._labels(y), seed=self.eval_seed + batch_idx)
+        for metric in self.stage_metrics[stage]:
+            metric.update(images)
+
+    def _log_metrics(self, stage: str) -> None:
+        """Log every metric's keys as ``{stage}/<key>``. ``compute`` has summed the states
+        over DDP ranks, so every rank holds the same value and ``max`` over ranks is exact
+        (``sync_dist`` only keeps Lightning from asking for it)."""
+        for metric in self.stage_metrics[stage]:
+            for key, value in metric.compute().items():
+                if value is not None:
+                    self.log(
+                        f"{stage}/{key}",
+                        value,
+                        prog_bar=key == self.model.metric_name,
+                        sync_dist=True,
+                        reduce_fx="max",
+                    )
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_metrics("val")
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step("val", batch, batch_idx)
 
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_metrics("test")
+
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step("test", batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
 
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
