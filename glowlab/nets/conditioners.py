@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from glowlab.bijections.actnorm import HiddenActNorm
+from glowlab.nets.actnorm import HiddenActNorm
 from glowlab.validation import check_int
 
 

@@ -10,11 +10,11 @@ import torch
 from lightning.pytorch.plugins.precision import Precision
 from torch import Tensor
 
-from glowlab.bijections.actnorm import ActNorm
 from glowlab.compilation import compile_levels
 from glowlab.metrics import IMAGE_LOOP, Batch, Metric, build_metrics
 from glowlab.migration import CHECKPOINT_FORMAT
 from glowlab.models.multiscale import MultiscaleFlow
+from glowlab.nets.actnorm import HiddenActNorm
 from glowlab.objectives import Likelihood, Objective
 from glowlab.training.epoch_boundary import at_epoch_end, start_next_epoch
 from glowlab.training.rng import capture_rng_state, restore_rng_state
@@ -198,7 +198,9 @@ class FlowModule(L.LightningModule):
         return bool(torch.allclose(gathered, gathered[:1].expand_as(gathered), rtol=1e-12))
 
     def actnorms_initialized(self) -> bool:
-        return all(bool(m.initialized) for m in self.model.modules() if isinstance(m, ActNorm))
+        return all(
+            bool(m.initialized) for m in self.model.modules() if isinstance(m, HiddenActNorm)
+        )
 
     @torch.no_grad()
     def initialize_actnorm(self, batches) -> None:
