@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from glowlab.bijections.base import Bijection
 from glowlab.bijections.dequantization import Dequantize, VariationalDequantizer
+from glowlab.metrics.bpd import bpd_parts, nats_to_bpd
 from glowlab.priors import GaussianPrior, check_labels
 from glowlab.sampling import guidance as guided
 from glowlab.sampling import guided_parts, tweedie_denoise
@@ -251,34 +252,17 @@ class MultiscaleFlow(nn.Module):
         return self.nats_to_bpd(self.log_prob(x, y, noise))
 
     def nats_to_bpd(self, log_prob: Tensor) -> Tensor:
-        return -log_prob / (self.dims * math.log(2.0))
+        return nats_to_bpd(log_prob, self.dims)
 
     def bpd_parts(
         self, x: Tensor, y: Tensor | None = None, noise: Tensor | float | None = None
     ) -> dict[str, Tensor]:
-        """The reported numbers, each ``(B,)``: ``bpd = prior_bpd + logdet_bpd + dequant_bpd``
-        (``logdet_bpd`` includes the dequantisation's ``n_bits``; ``dequant_bpd`` is the
-        ``-log q(u|x)`` of a variational dequantizer, 0 for uniform). Validation and test
-        report these for every family, whatever its training objective
-        (``glowlab.objectives``).
-
-        A noise-augmented model (``noise_sigma``) returns ``noisy_bpd = noisy_prior_bpd +
-        noisy_logdet_bpd`` instead: ``noisy_bpd = -log p(y) / (D ln 2)`` of the noisy image
-        ``y = x + ½ + 2^n_bits·(σ/2)·ε`` in pixel units (``ε = Φ⁻¹(noise)``, or drawn), so
-        that no number of such a run is ever read as a discrete-data bpd."""
-        out = self(x, y, noise)
-        if self.noise_sigma is not None:
-            return {
-                "noisy_bpd": self.nats_to_bpd(out.log_prob),
-                "noisy_prior_bpd": self.nats_to_bpd(out.log_prior),
-                "noisy_logdet_bpd": self.nats_to_bpd(out.logdet),
-            }
-        return {
-            "bpd": self.nats_to_bpd(out.log_prob),
-            "prior_bpd": self.nats_to_bpd(out.log_prior),
-            "logdet_bpd": self.nats_to_bpd(out.logdet),
-            "dequant_bpd": self.nats_to_bpd(-out.log_q),
-        }
+        """The reported numbers of one draw, each ``(B,)`` (``glowlab.metrics.bpd``):
+        ``bpd = prior_bpd + logdet_bpd + dequant_bpd``, or for a noise-augmented model
+        (``noise_sigma``) ``noisy_bpd = noisy_prior_bpd + noisy_logdet_bpd``, the density of
+        the noisy image, never read as a discrete-data bpd. Validation and test report these
+        for every family, whatever its training objective (``glowlab.objectives``)."""
+        return bpd_parts([self(x, y, noise)], self.dims, noisy=self.noise_sigma is not None)
 
     # ----------------------------------------------------------------- latents
     def encode(
