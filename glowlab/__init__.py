@@ -23,8 +23,9 @@ Glossary: one word for one thing, in the code, the configs and the docs.
 - **level**: one scale of a ``MultiscaleFlow`` (``Level``): a squeeze and flow steps, then,
   for all but the last, a factor-out of half the channels to its prior. A single-scale
   family (TarFlow, Jet, flow matching) has one level.
-- **block**: a TarFlow block, one causal Transformer over patches and the transform of each
-  patch (``TarFlowBlock``), counted by ``tarflow``'s ``blocks``. Inside a network (ResNet
+- **block**: the layer a single-scale or continuous recipe repeats, given as a part
+  (``model.block``): a TarFlow block, one causal Transformer over patches and the transform
+  of each patch (``TarFlowBlock``, counted by ``tarflow``'s ``blocks``), or FFJORD's CNF. Inside a network (ResNet
   conditioner, U-Net) ``blocks`` counts the network's residual blocks; a Transformer's
   depth is counted in ``layers`` (Jet's ``block_depth``).
 - **prior**: the density of the latents: factor-out priors ``p(z_l | kept)`` and the top
