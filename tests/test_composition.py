@@ -32,7 +32,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 LEGACY = Path(__file__).resolve().parent / "data" / "legacy"
 REFERENCE_VALUES = json.loads(REFERENCE.read_text())
 
-# The Python-API spelling of each preset (depth 1, as the reference fixture is built).
+# The Python-API spelling of each coupling/multiscale preset (depth 1, as the reference fixture
+# is built); tests/test_family_parts.py has the single-scale and continuous ones.
 PYTHON_API = {
     "glow_small": lambda s: glowlab.glow(s, levels=2, depth=1, width=128),
     "glow_cpu": lambda s: glowlab.glow(
@@ -57,6 +58,23 @@ PYTHON_API = {
     "nice_small": lambda s: glowlab.nice(s, depth=1, width=64),
     "maf": lambda s: glowlab.maf(s, levels=2, depth=1, width=64),
     "resflow": lambda s: glowlab.resflow(s, levels=2, depth=1, width=64),
+    "glow": lambda s: glowlab.glow(s, levels=3, depth=1),
+    "realnvp": lambda s: glowlab.realnvp(s, depth=1),
+    "nice": lambda s: glowlab.nice(s, depth=1),
+    "maf_paper": lambda s: glowlab.maf(s, levels=3, depth=1, width=256, hidden_layers=2),
+    "nsf_paper": lambda s: glowlab.glow(
+        s, levels=3, depth=1, transform="spline", conditioner="resnet", width=96, blocks=3
+    ),
+    "resflow_paper": lambda s: glowlab.resflow(s, levels=3, depth=1, width=512, coeff=0.98),
+    "flowpp_paper": lambda s: glowlab.glow(
+        s,
+        levels=2,
+        depth=1,
+        transform=functools.partial(LogisticMixture, components=32),
+        conditioner=functools.partial(FlowPPConditioner, hidden=96, blocks=10, heads=4),
+        preprocess="logit",
+        dequantization=DequantizationChoice("variational", width=96, depth=4),
+    ),
 }
 
 
