@@ -1,12 +1,14 @@
 """Every number a user can set, checked in one place before anything is built.
 
-``RULES`` maps a config node's ``_target_`` (a model recipe, a part, the data module, the
-optimizer, the schedule, Lightning's ``Trainer``, a callback, a logger) to the valid range of
-each of its numeric parameters; ``TOOL_OPTIONS`` does the same for the top-level options of
-``glowlab-train`` and the tools (``seed``, ``n``, ``temperatures``, ...). ``check_options``
-walks a composed config and raises one ``ValueError`` naming the full key and its valid range
-(``model.depth=-1 must be an integer >= 1``) for the first value out of range, and for any
-NaN or infinite number anywhere, before a model, a data loader or a trainer sees it.
+``RULES`` maps a config node's ``_target_`` (a model recipe, a part, an objective, the data
+module, the optimizer, the schedule, Lightning's ``Trainer``, a callback, a logger) to the
+valid range of each of its numeric parameters; ``TOOL_OPTIONS`` does the same for the
+top-level options of ``glowlab-train`` and the tools (``seed``, ``n``, ``temperatures``, ...).
+``check_options`` walks a composed config and raises one ``ValueError`` naming the full key
+and its valid range (``model.depth=-1 must be an integer >= 1``) for the first value out of
+range, and for any NaN or infinite number anywhere, before a model, a data loader or a trainer
+sees it. A node is checked where it is set: one that only refers to another
+(``module.objective: ${objective}``) is not walked again, so the error names the key to change.
 
 The constructors keep their own checks for Python users, with the same helpers
 (``glowlab.validation``), so a notebook gets the same one-line errors.
@@ -49,17 +51,8 @@ MODEL_COMMON: dict[str, Spec] = {  # glowlab.models.options.ModelOptions, a reci
     "num_classes": optional(Range(int, 0, note="0 or null: unconditional")),
     "label_dropout": replace(PROBABILITY, note="0.1 is usual"),
 }
-MULTISCALE = {"levels": COUNT, "depth": COUNT, "width": COUNT}
-ODE = {
-    "rtol": TOLERANCE,
-    "atol": TOLERANCE,
-    "step_size": optional(replace(POSITIVE, example=0.1)),
-}
-TARFLOW_SAMPLING = {
-    "guidance": FINITE,
-    "jacobi_tolerance": replace(NON_NEGATIVE, example=1e-5),
-    "jacobi_max_iterations": optional(COUNT),
-}
+LEVELS = {"levels": COUNT, "depth": COUNT}
+MULTISCALE = {**LEVELS, "width": COUNT}
 MODELS: dict[str, dict[str, Spec]] = {
     "glowlab.models.glow": {**MODEL_COMMON, **MULTISCALE, "blocks": COUNT, "seed": SEED},
     "glowlab.models.realnvp": {**MODEL_COMMON, **MULTISCALE, "blocks": COUNT},
@@ -72,58 +65,28 @@ MODELS: dict[str, dict[str, Spec]] = {
         "exact_terms": COUNT,
         "eval_exact_terms": COUNT,
     },
-    "glowlab.models.ffjord": {
-        **MODEL_COMMON,
-        **MULTISCALE,
-        **ODE,
-        "layers": COUNT,
-        "time_length": POSITIVE,
-        "kinetic_weight": NON_NEGATIVE,
-        "jacobian_weight": NON_NEGATIVE,
-    },
+    "glowlab.models.ffjord": {**MODEL_COMMON, **LEVELS},
     "glowlab.models.maf": {
         **MODEL_COMMON,
         **MULTISCALE,
         "kernel_size": Range(int, 1, note="odd", example=3),
         "hidden_layers": COUNT0,
     },
-    "glowlab.models.tarflow": {
-        **MODEL_COMMON,
-        **TARFLOW_SAMPLING,
-        "patch_size": COUNT,
-        "blocks": COUNT,
-        "layers": COUNT,
-        "width": COUNT,
-        "heads": COUNT,
-        "mlp_ratio": COUNT,
-    },
+    "glowlab.models.tarflow": {**MODEL_COMMON, "blocks": COUNT},
     "glowlab.models.jet": {
         **MODEL_COMMON,
         "patch_size": COUNT,
         "couplings": COUNT,
-        "block_depth": COUNT,
-        "width": COUNT,
-        "heads": COUNT,
         "channel_couplings": replace(COUNT0, note="0: spatial couplings only"),
-        "mlp_ratio": COUNT,
         "seed": SEED,
     },
-    "glowlab.models.flow_matching": {
-        **MODEL_COMMON,
-        **ODE,
-        "width": COUNT,
-        "channel_mults": ListOf(COUNT, example=[1, 2, 2]),
-        "blocks": COUNT,
-        "attention_levels": ListOf(Range(int, 0), min_items=0),
-        "heads": COUNT,
-        "dropout": PROBABILITY,
-        "time_scale": POSITIVE,
-        "sigma_min": replace(PROBABILITY, example=1e-4),
-        "sample_rtol": optional(TOLERANCE),
-        "sample_atol": optional(TOLERANCE),
-        "sample_step_size": optional(replace(POSITIVE, example=0.1)),
-    },
+    "glowlab.models.flow_matching": MODEL_COMMON,
 }
+LAYER_CLASSES = {  # a layer's own; its recipe passes the model's num_classes/label_dropout
+    "num_classes": optional(COUNT),
+    "label_dropout": MODEL_COMMON["label_dropout"],
+}
+TRANSFORMER = {"width": COUNT, "heads": COUNT, "mlp_ratio": COUNT}
 PARTS: dict[str, dict[str, Spec]] = {
     "glowlab.models.parts.PriorChoice": {"layers": COUNT},
     "glowlab.models.parts.DequantizationChoice": {
@@ -142,12 +105,48 @@ PARTS: dict[str, dict[str, Spec]] = {
         "heads": COUNT,
         "dropout": PROBABILITY,
     },
+    "glowlab.bijections.tarflow.TarFlowBlock": {  # tarflow's model.block
+        **TRANSFORMER,
+        **LAYER_CLASSES,
+        "patch_size": COUNT,
+        "layers": COUNT,
+        "guidance": FINITE,
+        "jacobi_tolerance": replace(NON_NEGATIVE, example=1e-5),
+        "jacobi_max_iterations": optional(COUNT),
+    },
+    "glowlab.nets.transformer.ViTConditioner": {  # jet's model.conditioner
+        **TRANSFORMER,
+        "depth": COUNT,
+        "patch_size": COUNT,
+    },
+    "glowlab.nets.unet.UNet": {  # flow_matching's model.field
+        "width": COUNT,
+        "channel_mults": ListOf(COUNT, example=[1, 2, 2]),
+        "blocks": COUNT,
+        "attention_levels": ListOf(Range(int, 0), min_items=0),
+        "heads": COUNT,
+        "dropout": PROBABILITY,
+        "num_classes": LAYER_CLASSES["num_classes"],
+        "time_scale": POSITIVE,
+    },
+    "glowlab.nets.dynamics.ConcatConvDynamics": {"hidden": COUNT, "layers": COUNT},  # ffjord's
+    "glowlab.bijections.cnf.SolverOptions": {  # model.solver, model.sample_solver
+        "rtol": TOLERANCE,
+        "atol": TOLERANCE,
+        "step_size": optional(replace(POSITIVE, example=0.1)),
+    },
+    "glowlab.bijections.cnf.ODEFlow": {"t_data": FINITE, "t_latent": FINITE},  # fm's model.ode
+    "glowlab.bijections.cnf.CNF": {"time_length": POSITIVE},  # ffjord's model.block
     "glowlab.transforms.Affine": {"bound": replace(POSITIVE, example=3.0)},
     "glowlab.transforms.Spline": {
         "bins": Range(int, 2, note="8 in the NSF paper"),
         "bound": replace(POSITIVE, example=3.0),
     },
     "glowlab.transforms.LogisticMixture": {"components": COUNT},
+}
+OBJECTIVES: dict[str, dict[str, Spec]] = {  # the top-level objective node
+    "glowlab.objectives.RNODE": {"kinetic_weight": NON_NEGATIVE, "jacobian_weight": NON_NEGATIVE},
+    "glowlab.objectives.FlowMatching": {"sigma_min": replace(PROBABILITY, example=1e-4)},
 }
 
 # ------------------------------------------------------------------------------ training
@@ -242,7 +241,7 @@ TRAINING: dict[str, dict[str, Spec]] = {
     "lightning.Trainer": TRAINER,
     "lightning.pytorch.Trainer": TRAINER,
 }
-RULES: dict[str, dict[str, Spec]] = {**MODELS, **PARTS, **TRAINING, **CALLBACKS}
+RULES: dict[str, dict[str, Spec]] = {**MODELS, **PARTS, **OBJECTIVES, **TRAINING, **CALLBACKS}
 """``_target_`` -> {parameter: valid range}."""
 
 # ------------------------------------------------------------------------------ the apps
@@ -301,6 +300,8 @@ def _values(
         except Exception:  # noqa: BLE001 - an unresolvable interpolation is not a number
             continue
         if isinstance(value, DictConfig):
+            if OmegaConf.is_interpolation(node, name):  # checked where it is set
+                continue
             target = value.get("_target_") if "_target_" in value else None
             child = RULES.get(str(target), {}) if target else UNTARGETED.get(key, {})
             yield from _values(value, f"{key}.", child, optional_all=not target and bool(child))
