@@ -25,9 +25,9 @@ Glossary: one word for one thing, in the code, the configs and the docs.
   family (TarFlow, Jet, flow matching) has one level.
 - **block**: the layer a single-scale or continuous recipe repeats, given as a part
   (``model.block``): a TarFlow block, one causal Transformer over patches and the transform
-  of each patch (``TarFlowBlock``, counted by ``tarflow``'s ``blocks``), or FFJORD's CNF. Inside a network (ResNet
-  conditioner, U-Net) ``blocks`` counts the network's residual blocks; a Transformer's
-  depth is counted in ``layers`` (Jet's ``block_depth``).
+  of each patch (``TarFlowBlock``, counted by ``tarflow``'s ``blocks``), or FFJORD's CNF.
+  Inside a network (ResNet conditioner, U-Net) ``blocks`` counts the network's residual
+  blocks; a Transformer's depth is counted in ``layers`` (the ViT conditioner's ``depth``).
 - **prior**: the density of the latents: factor-out priors ``p(z_l | kept)`` and the top
   prior (config group ``model/prior``).
 - **latent**: ``z``, what a level hands to its prior (``encode`` returns one per level).

@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 
 import glowlab
-from glowlab.bijections.cnf import CNF, SolverOptions
+from glowlab.bijections.cnf import CNF, ODEFlow, SolverOptions
 from glowlab.bijections.tarflow import TarFlowBlock
 from glowlab.conf import CONFIG_DIR
 from glowlab.migration import check_model_config, guard_command_line, translate_checkpoint
@@ -256,3 +256,33 @@ def test_rnode_without_weights_is_the_likelihood_with_nfe() -> None:
     x = torch.randint(0, 256, (2, 1, 4, 4), dtype=torch.uint8)
     logs = objective(model.train(), x).logs
     assert set(logs) == {"bpd", "prior_bpd", "logdet_bpd", "dequant_bpd", "nfe"}
+
+
+@pytest.mark.parametrize(
+    ("build", "key"),
+    [
+        (
+            lambda s: glowlab.tarflow(s, block=functools.partial(TarFlowBlock, num_classes=3)),
+            "model.block.num_classes",
+        ),
+        (
+            lambda s: glowlab.flow_matching(
+                s, functools.partial(UNet, num_classes=3), SolverOptions()
+            ),
+            "model.field.num_classes",
+        ),
+        (
+            lambda s: glowlab.flow_matching(
+                s,
+                functools.partial(UNet, **FM_FIELD),
+                SolverOptions(),
+                ode=functools.partial(ODEFlow, t_data=0.5),
+            ),
+            "model.ode.t_data",
+        ),
+    ],
+)
+def test_a_part_option_the_recipe_sets_is_refused(build, key: str) -> None:
+    """A part node that fixes what the recipe passes would be overridden silently."""
+    with pytest.raises(ValueError, match=rf"^{key} is set by the recipe"):
+        build((1, 28, 28))

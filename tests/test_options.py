@@ -381,20 +381,7 @@ def _python_cases():
     ]
 
 
-NAMED_ELSEWHERE = {  # option -> why its message names another option (strict: a fix passes)
-    "layers": "TarFlowBlock leaves layers to its Transformer, whose message says depth=",
-}
-
-
-@pytest.mark.parametrize(
-    "index",
-    [
-        pytest.param(i, marks=pytest.mark.xfail(strict=True, reason=NAMED_ELSEWHERE[option]))
-        if option in NAMED_ELSEWHERE
-        else i
-        for i, (option, _) in enumerate(_python_cases())
-    ],
-)
+@pytest.mark.parametrize("index", range(len(_python_cases())))
 def test_the_python_api_refuses_the_same_numbers_in_one_line(index: int) -> None:
     option, build = _python_cases()[index]
     with pytest.raises(ValueError) as raised:

@@ -67,7 +67,7 @@ from glowlab.transforms import (
     TransformFactory,
     transform_factory,
 )
-from glowlab.validation import check_positive, check_range, choose
+from glowlab.validation import check_int, check_positive, check_range, choose
 
 INVERSIONS = ("sequential", "jacobi")
 
@@ -115,6 +115,7 @@ class TarFlowBlock(Bijection):
         super().__init__()
         c, h, w = (int(s) for s in image_shape)
         check_patch_size(patch_size, h, w)
+        check_int("layers", layers)
         check_heads(width, heads)
         if num_classes is not None:
             check_positive("num_classes", num_classes)

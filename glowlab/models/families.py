@@ -21,7 +21,7 @@ from glowlab.bijections.cnf import CNF, DynamicsFactory, SolverOptions
 from glowlab.bijections.residual import ResidualBlock
 from glowlab.models.assembly import Shape, assemble, check_shape, squeeze_levels
 from glowlab.models.multiscale import MultiscaleFlow
-from glowlab.models.options import model_options
+from glowlab.models.options import check_recipe_sets, model_options
 from glowlab.nets.dynamics import ConcatConvDynamics
 from glowlab.transforms import CENTRED_AFFINE, TransformFactory
 
@@ -84,6 +84,7 @@ def ffjord(
     (``prior`` defaults to ``standard``, ``preprocess`` to ``logit``).
     """
     options = model_options(ffjord, shared, prior="standard", preprocess="logit")
+    check_recipe_sets("block", block, ("field", "solver"), "model.field/solver")
     image_shape = check_shape(image_shape, levels, squeezes=levels)
 
     def step(c: int, level: int, k: int) -> list[Bijection]:

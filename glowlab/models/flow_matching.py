@@ -19,7 +19,7 @@ from torch import nn
 from glowlab.bijections.cnf import ODEFlow, SolverOptions
 from glowlab.models.assembly import Shape, assemble, check_shape
 from glowlab.models.multiscale import MultiscaleFlow
-from glowlab.models.options import model_options
+from glowlab.models.options import check_recipe_sets, model_options
 from glowlab.nets.unet import UNet
 
 
@@ -49,6 +49,9 @@ def flow_matching(
             "class to train; use label_dropout=0"
         )
     image_shape = check_shape(image_shape, levels=1, squeezes=0)
+    check_recipe_sets("field", field, ("num_classes",), "model.num_classes")
+    check_recipe_sets("ode", ode, ("t_data", "t_latent"), "the path (data at t=1, noise at t=0)")
+    check_recipe_sets("ode", ode, ("solver", "sample_solver"), "model.solver/sample_solver")
     velocity = field(image_shape[0], num_classes=options.num_classes)
     block = ode(velocity, t_data=1.0, t_latent=0.0, solver=solver, sample_solver=sample_solver)
     return assemble(image_shape, [([block], image_shape)], options)

@@ -109,3 +109,15 @@ def model_options(
             f"(labels={place!r})"
         )
     return ModelOptions(**{**defaults, **shared})
+
+
+def check_recipe_sets(part: str, factory: Callable, keys: tuple[str, ...], source: str) -> None:
+    """Refuse a part factory (a ``functools.partial``, e.g. from ``model.<part>``) that fixes
+    an argument the recipe passes itself, which would be overridden silently: ``keys`` come
+    from ``source`` (e.g. ``"model.num_classes"``)."""
+    fixed = sorted(set(getattr(factory, "keywords", {})) & set(keys))
+    if fixed:
+        raise ValueError(
+            f"model.{part}.{fixed[0]} is set by the recipe from {source}; remove it from "
+            f"model.{part} (set {source} instead)"
+        )

@@ -30,7 +30,7 @@ from glowlab.bijections.permutations import ChannelPermutation
 from glowlab.bijections.tarflow import TarFlowBlock
 from glowlab.models.assembly import Shape, assemble, check_shape
 from glowlab.models.multiscale import MultiscaleFlow
-from glowlab.models.options import model_options
+from glowlab.models.options import check_recipe_sets, model_options
 from glowlab.nets.transformer import ViTConditioner, check_patch_size
 from glowlab.transforms import TransformFactory, transform_factory
 from glowlab.validation import check_int
@@ -63,6 +63,12 @@ def tarflow(
     options = model_options(tarflow, shared, preprocess="logit", prior="standard", labels="blocks")
     image_shape = check_shape(image_shape, levels=1, squeezes=0)
     check_int("blocks", blocks)
+    check_recipe_sets(
+        "block", block, ("num_classes", "label_dropout"), "model.num_classes/label_dropout"
+    )
+    check_recipe_sets(
+        "block", block, ("transform", "reverse"), "model.transform and the block order"
+    )
     layers = [
         block(
             image_shape,
