@@ -221,8 +221,8 @@ def test_type_error_in_a_changed_node_names_the_overrides(tmp_path: Path) -> Non
     assert message == "glowlab-train: error: model.conditioner.hidden=[1] must be an integer >= 1"
     cfg = compose_run(tmp_path, [])  # no override under model: a bug, the traceback stays
 
-    def buggy(cfg) -> None:
-        instantiate(cfg.model, image_shape=[1, 8, 8], n_bits=8, no_such_option=1)
+    def buggy(cfg) -> None:  # a TypeError from code, not from the user's config
+        instantiate(cfg.model, image_shape=None, n_bits=8)
 
     with pytest.raises(InstantiationException) as info:
         run_cli("glowlab-train", buggy, cfg)
