@@ -12,6 +12,7 @@ each of them is an edge, except ``A``'s own enclosing packages, which Python has
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -21,14 +22,6 @@ PACKAGE = Path(__file__).resolve().parents[1] / "glowlab"
 LAZY_IMPORTS: dict[tuple[str, str], str] = {}
 """``(module, imported glowlab module) -> reason`` for a glowlab import that must stay inside a
 function (a genuinely lazy, optional dependency). Empty: none is needed today."""
-
-EXPECTED_CYCLES: set[str] = set()
-"""Cycles (``a -> b -> a``, rotated to start at the smallest name) known to fail in files other
-branches own, to be removed once those branches are merged."""
-
-EXPECTED_LAZY: set[str] = set()
-"""Function-level glowlab imports (``module:line -> target``) known to fail in files other
-branches own, to be removed once those branches are merged."""
 
 
 def module_name(path: Path) -> str:
@@ -62,7 +55,8 @@ def executed(module: str, target: str) -> list[str]:
     return [p for p in prefixes if p in MODULES and p not in own and p != module]
 
 
-def imports(module: str) -> list[tuple[str, int, bool]]:
+@functools.cache
+def imports(module: str) -> tuple[tuple[str, int, bool], ...]:
     """``(target, line, inside_a_function)`` for every glowlab module that ``module`` imports."""
     tree = ast.parse(MODULES[module].read_text(), filename=str(MODULES[module]))
     found: list[tuple[str, int, bool]] = []
@@ -85,18 +79,19 @@ def imports(module: str) -> list[tuple[str, int, bool]]:
             visit(child, in_function or function)
 
     visit(tree, False)
-    return [item for item in found if item[0].split(".")[0] == "glowlab"]
+    return tuple(item for item in found if item[0].split(".")[0] == "glowlab")
 
 
-def module_graph() -> dict[str, set[str]]:
+@functools.cache
+def module_graph() -> dict[str, frozenset[str]]:
     """``module -> the glowlab modules its module-level imports run``."""
     return {
-        module: {
+        module: frozenset(
             executed_module
             for target, _, in_function in imports(module)
             if not in_function
             for executed_module in executed(module, target)
-        }
+        )
         for module in MODULES
     }
 
@@ -176,9 +171,7 @@ def test_the_parser_sees_the_edges_python_runs() -> None:
 
 
 def test_no_cycle_between_glowlab_modules() -> None:
-    found = cycles(module_graph())
-    assert found - EXPECTED_CYCLES == set(), "import cycles (break them; see DESIGN.md)"
-    assert EXPECTED_CYCLES - found == set(), "fixed: remove these from EXPECTED_CYCLES"
+    assert cycles(module_graph()) == set(), "import cycles (break them; see DESIGN.md)"
 
 
 def test_no_glowlab_import_inside_a_function() -> None:
@@ -190,8 +183,7 @@ def test_no_glowlab_import_inside_a_function() -> None:
         for target, line, in_function in imports(module)
         if in_function and (module, target) not in LAZY_IMPORTS
     }
-    assert found - EXPECTED_LAZY == set(), "import at the top of the module instead"
-    assert EXPECTED_LAZY - found == set(), "fixed: remove these from EXPECTED_LAZY"
+    assert found == set(), "import at the top of the module instead"
 
 
 @pytest.mark.parametrize("tool", sorted(m for m in MODULES if m.startswith("glowlab.tools.")))
