@@ -58,6 +58,18 @@ def nats_to_bpd(log_prob: Tensor, dims: int) -> Tensor:
     return -log_prob / (dims * math.log(2.0))
 
 
+NOISY_PREFIX = "noisy_"
+"""Prefixes every key of a noise-augmented model (its numbers are not a discrete-data bpd)."""
+
+
+def bpd_keys(noisy: bool) -> list[str]:
+    """The reported keys, in order: ``bpd``, ``prior_bpd``, ``logdet_bpd``, ``dequant_bpd``, or
+    for a noise-augmented model (``noisy``) ``noisy_bpd``, ``noisy_prior_bpd``,
+    ``noisy_logdet_bpd``."""
+    parts = ("bpd", "prior_bpd", "logdet_bpd", *(() if noisy else ("dequant_bpd",)))
+    return [(NOISY_PREFIX if noisy else "") + part for part in parts]
+
+
 def bpd_parts(
     outputs: Sequence[FlowOutput], dims: int, noisy: bool = False, float64: bool = False
 ) -> dict[str, Tensor]:
@@ -65,19 +77,16 @@ def bpd_parts(
     (each part averaged over the draws in nats, in float64 if ``float64``, then converted):
     ``bpd = prior_bpd + logdet_bpd + dequant_bpd``, or ``noisy_bpd = noisy_prior_bpd +
     noisy_logdet_bpd`` for a noise-augmented model (``noisy``). Differentiable."""
-    nats = {
-        "bpd": [out.log_prob for out in outputs],
-        "prior_bpd": [out.log_prior for out in outputs],
-        "logdet_bpd": [out.logdet for out in outputs],
-    }
-    if not noisy:
-        nats["dequant_bpd"] = [-out.log_q for out in outputs]
+    nats = (
+        lambda out: out.log_prob,
+        lambda out: out.log_prior,
+        lambda out: out.logdet,
+        lambda out: -out.log_q,
+    )  # in the order of bpd_keys; a noisy model has no dequant_bpd, so zip stops before it
     parts = {}
-    for part, values in nats.items():
-        draws = torch.stack(values, dim=1)  # (B, draws)
-        parts[("noisy_" if noisy else "") + part] = nats_to_bpd(
-            (draws.double() if float64 else draws).mean(dim=1), dims
-        )
+    for key, part in zip(bpd_keys(noisy), nats, strict=False):
+        draws = torch.stack([part(out) for out in outputs], dim=1)  # (B, draws)
+        parts[key] = nats_to_bpd((draws.double() if float64 else draws).mean(dim=1), dims)
     return parts
 
 
@@ -105,8 +114,7 @@ class BitsPerDim(Metric):
         super().__init__()
         self.noisy = model.noise_sigma is not None
         self.bound, self.note = bound_of(model)
-        parts = ("bpd", "prior_bpd", "logdet_bpd", *(() if self.noisy else ("dequant_bpd",)))
-        self.keys = [("noisy_" if self.noisy else "") + part for part in parts]
+        self.keys = bpd_keys(self.noisy)
         self.keep_per_image = per_image
         dtype = model._dtype()
         state = per_image_values if per_image else (lambda: MeanMetric().set_dtype(dtype))

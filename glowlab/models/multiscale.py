@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from glowlab.bijections.base import Bijection
 from glowlab.bijections.dequantization import Dequantize, VariationalDequantizer
-from glowlab.metrics.bpd import bpd_parts, nats_to_bpd
+from glowlab.metrics.bpd import NOISY_PREFIX, bpd_parts, nats_to_bpd
 from glowlab.priors import GaussianPrior, check_labels
 from glowlab.sampling import guidance as guided
 from glowlab.sampling import guided_parts, tweedie_denoise
@@ -145,7 +145,7 @@ class MultiscaleFlow(nn.Module):
     def metric_prefix(self) -> str:
         """``"noisy_"`` for a noise-augmented model, ``""`` otherwise: prefixes every name in
         ``bpd_parts`` (and so every logged ``train/``, ``val/``, ``test/`` number)."""
-        return "" if self.noise_sigma is None else "noisy_"
+        return "" if self.noise_sigma is None else NOISY_PREFIX
 
     @property
     def metric_name(self) -> str:
