@@ -19,7 +19,7 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
     # torch first and pinned, so that no resolver pulls another build later
     .venv/bin/pip install --quiet $TORCH_PINS
 fi
-if ! .venv/bin/python -c "import glowlab, lightning, hydra, pytest, optuna, litdata" 2>/dev/null; then
+if ! .venv/bin/python -c "import glowlab, lightning, hydra, pytest, optuna, litdata, torch_fidelity" 2>/dev/null; then
     echo "setup: installing glowlab (editable) with dev and sweep extras"
     .venv/bin/pip install --quiet -e ".[dev,sweeps]"
 fi
