@@ -98,7 +98,8 @@ class Batch:
     and shared by every metric: draw ``k`` passes ``noise = torch.rand(images.shape,
     generator)`` (drawn on the CPU from ``torch.Generator().manual_seed(seed)``, draws in
     order) to the model, so validation, test and ``glowlab-eval samples=1 seed=1234`` see the
-    same noise.
+    same noise. ``memo`` holds what metrics share within the batch, by a key of every setting
+    that made it (FID and KID draw and featurize their samples once).
     """
 
     def __init__(
@@ -111,6 +112,7 @@ class Batch:
     ) -> None:
         self.model, self.images, self.labels = model, images, labels
         self.seed, self.draws = seed, draws
+        self.memo: dict = {}
 
     @cached_property
     def outputs(self) -> list[FlowOutput]:
