@@ -174,6 +174,34 @@ def test_fid_orders_real_data_model_samples_and_noise_with_the_classifier(
     assert "trained on 10000 train images, test accuracy" in note
 
 
+class RowMeans(nn.Module):
+    """A feature network of one's own: the 28 row means of a 28×28 grey image."""
+
+    def forward(self, images: Tensor) -> Tensor:
+        return images.float().mean(dim=(1, 3))
+
+
+def row_means() -> nn.Module:
+    return RowMeans()
+
+
+def test_a_feature_network_of_ones_own_gives_the_fid_of_its_features(
+    datamodule: ImageDataModule, tmp_path: Path
+) -> None:
+    """``features=package.module:factory``: the key names the factory, and the metric's value
+    is the Fréchet distance of its features of the samples and of the seeded train subset."""
+    samples = images_of(datamodule, "test", 200, seed=4)
+    model = ImageSource(samples)
+    metric = FID(model, datamodule, n=200, features=f"{__name__}:row_means", cache_dir=tmp_path)
+    assert metric.key == "fid_row_means"
+    measure(model, one_batch(), [metric])
+    real = images_of(datamodule, "train", 200, seed=0)  # the reference: seed 0's subset
+    expected = frechet_distance(RowMeans()(real), RowMeans()(samples))
+    assert metric.compute()["fid_row_means"] == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="cannot load 'nothing' from 'tests.test_sample_quality'"):
+        FID(model, datamodule, features=f"{__name__}:nothing")
+
+
 # ------------------------------------------------------------------ Inception, offline
 @pytest.fixture
 def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -245,6 +273,8 @@ def test_inception_without_its_weights_offline_fails_in_one_line(
         build_metrics(["fid"], model, "module.metrics", IMAGE_LOOP)
     with pytest.raises(ValueError, match="features='vgg' is not a feature network"):
         FID(model, datamodule, features="vgg")
+    with pytest.raises(ValueError, match="but features=classifier; use features=inception"):
+        FID(model, datamodule, features="classifier", weights=not_weights)
 
 
 # ------------------------------------------------------------------ caches and sharing
@@ -300,9 +330,12 @@ def test_fid_and_kid_draw_once_per_round_with_the_sampling_settings(
     model gets labels cycling through the classes, and the temperature and guidance given."""
     model = ImageSource(images_of(datamodule, "test", 64, seed=3), num_classes=10)
     options = {"n": 64, "batch_size": 32, "temperature": 0.7, "cache_dir": cache_dir}
+    rng = torch.random.get_rng_state()
     metrics = [cls(model, datamodule, **options, **CLASSIFIER) for cls in (FID, KID)]
     measure(model, one_batch(), metrics)
     first = [metric.compute()[metric.key] for metric in metrics]
+    assert torch.equal(torch.random.get_rng_state(), rng)  # the caller's RNG is untouched
+    assert metrics[0].state.real_features_sum.dtype == torch.float64  # after .to(device)
     assert [call["n"] for call in model.calls] == [32, 32]
     assert {call["temperature"] for call in model.calls} == {0.7}
     labels = torch.cat([call["y"] for call in model.calls])

@@ -24,6 +24,8 @@ import importlib
 import logging
 import pickle
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from urllib.error import URLError
@@ -86,7 +88,7 @@ class InceptionFeatures(FeatureNetwork):
     def __init__(self, n_bits: int, weights: Path | None) -> None:
         super().__init__()
         self.n_bits = n_bits
-        self.source = str(weights) if weights is not None else INCEPTION_URL
+        self.source = str(weights if weights is not None else cached_inception())
         self.net = NoTrainInceptionV3(
             name="inception-v3-compat",
             features_list=[str(self.dim)],
@@ -114,7 +116,9 @@ class ClassifierFeatures(FeatureNetwork):
 
     dim = 128
 
-    def __init__(self, name: str, image_shape: tuple[int, int, int], n_bits: int, classes: int):
+    def __init__(
+        self, name: str, image_shape: tuple[int, int, int], n_bits: int, classes: int
+    ) -> None:
         super().__init__()
         self.name, self.n_bits = name, n_bits
         c, h, w = image_shape
@@ -185,21 +189,23 @@ def feature_network(
     if spec == "auto":
         at_hand = weights is not None or cached_inception().exists()
         spec = "inception" if at_hand else "classifier"
-    if spec == "inception":
-        network = inception(datamodule, weights)
-    elif spec == "classifier":
-        check_int("classifier_images", classifier_images, low=2)
-        check_int("classifier_epochs", classifier_epochs)
-        network = classifier(
-            datamodule, Path(cache_dir), classifier_images, classifier_epochs, progress
-        )
-    elif ":" in spec:
-        network = user_network(spec, datamodule)
-    else:
+    if spec not in ("inception", "classifier") and ":" not in spec:
         raise ValueError(
             f"features={spec!r} is not a feature network; choose auto, inception, classifier "
             "or package.module:factory (a function returning an nn.Module)"
         )
+    if spec == "classifier":
+        check_int("classifier_images", classifier_images, low=2)
+        check_int("classifier_epochs", classifier_epochs)
+    with torch.random.fork_rng(devices=[]):  # building draws initial weights: not the caller's
+        if spec == "inception":
+            network = _inception(datamodule, weights)
+        elif spec == "classifier":
+            network = _classifier(
+                datamodule, Path(cache_dir), classifier_images, classifier_epochs, progress
+            )
+        else:
+            network = _user_network(spec, datamodule)
     return network.eval().requires_grad_(False)
 
 
@@ -217,7 +223,7 @@ def _no_weights_message(why: str) -> str:
     )
 
 
-def inception(datamodule: ImageDataModule, weights: str | Path | None) -> InceptionFeatures:
+def _inception(datamodule: ImageDataModule, weights: str | Path | None) -> InceptionFeatures:
     """:class:`InceptionFeatures` from the file ``weights``, else torch-fidelity's download;
     a one-line error when neither works."""
     channels = datamodule.image_shape[0]
@@ -244,7 +250,7 @@ def inception(datamodule: ImageDataModule, weights: str | Path | None) -> Incept
         ) from None
 
 
-def user_network(spec: str, datamodule: ImageDataModule) -> UserFeatures:
+def _user_network(spec: str, datamodule: ImageDataModule) -> UserFeatures:
     """:class:`UserFeatures` of ``package.module:factory``."""
     module, _, factory = spec.rpartition(":")
     try:
@@ -260,16 +266,18 @@ def user_network(spec: str, datamodule: ImageDataModule) -> UserFeatures:
     return UserFeatures(factory, net, tuple(datamodule.image_shape))
 
 
-def classifier(
+def _classifier(
     datamodule: ImageDataModule, cache_dir: Path, max_images: int, epochs: int, progress: bool
 ) -> ClassifierFeatures:
     """The dataset's classifier: loaded from ``cache_dir/features/`` when trained before with
-    the same recipe, else trained (:func:`train_classifier`) and saved atomically."""
+    the same recipe, else trained (:func:`train_classifier`, on one CPU thread) and saved
+    atomically."""
     datamodule.setup()
     classes = datamodule.num_classes
-    if not classes:
+    if not classes or classes < 2:
         raise ValueError(
-            f"features=classifier needs labelled images, and {datamodule.name} has no labels; "
+            f"features=classifier needs images labelled with two classes or more, and "
+            f"{datamodule.name} has {classes or 'no'} label classes; "
             "use features=inception (fid.weights=<path>) or features=package.module:factory"
         )
     shape, n_bits = tuple(datamodule.image_shape), datamodule.n_bits
@@ -286,6 +294,7 @@ def classifier(
     }
     name = f"{datamodule.name}_classifier"
     path = cache_dir / "features" / f"{name}-{digest(key)}.pt"
+    torch.manual_seed(0)  # the initial weights (the caller's RNG is forked)
     network = ClassifierFeatures(name, shape, n_bits, classes)
     saved = load_cached(path, key)
     if saved is not None:
@@ -293,7 +302,8 @@ def classifier(
         network.accuracy, network.train_images = saved["accuracy"], saved["train_images"]
         return network
     started = time.perf_counter()
-    train_classifier(network, datamodule, images, epochs, progress)
+    with one_thread():
+        train_classifier(network, datamodule, images, epochs, progress)
     seconds = time.perf_counter() - started
     state = {
         "key": key,
@@ -320,19 +330,14 @@ def train_classifier(
     lr: float = 3e-3,
     seed: int = 0,
 ) -> None:
-    """Train ``network`` (with its head) on up to ``max_images`` train images (a seeded subset)
-    on the CPU: Adam, one-cycle schedule peaking at ``2·lr``, cross-entropy, ``epochs``
-    passes in a seeded order (a progress bar over them if ``progress``); then set its
-    ``accuracy`` on the whole test split. Fashion-MNIST (55,000 images, 4 epochs): about 12 s
-    on one CPU thread, test accuracy about 89.5 %."""
+    """Train ``network`` (with its head, from its initial weights) on up to ``max_images`` train
+    images (a seeded subset) on the CPU: Adam, one-cycle schedule peaking at ``2·lr``,
+    cross-entropy, ``epochs`` passes in a seeded order (a progress bar over them if
+    ``progress``); then set its ``accuracy`` on the whole test split. Fashion-MNIST (55,000
+    images, 4 epochs): about 13 s on one CPU thread, test accuracy 89.5 %."""
     batches = list(split_batches(datamodule, "train", max_images, seed, batch_size=5000))
     x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     steps_per_epoch = max(len(x) // batch_size, 1)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for layer in network.modules():
-            if isinstance(layer, nn.Conv2d | nn.Linear):
-                layer.reset_parameters()
     optimizer = torch.optim.Adam(network.parameters(), lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, 2 * lr, total_steps=epochs * steps_per_epoch
@@ -355,3 +360,16 @@ def train_classifier(
             correct += (network.head(network(images)).argmax(1) == labels).sum().item()
             total += len(labels)
     network.accuracy, network.train_images = correct / total, len(x)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch's CPU ops on one thread inside the block: the same numbers whatever the caller's
+    thread count, and no threads fighting over the cores of a shared machine (a 2-core
+    machine under load trained the classifier in 94 s on two threads, 13 s on one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

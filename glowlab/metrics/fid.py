@@ -41,7 +41,7 @@ class FID(SampleQuality):
     """FID of ``n`` samples against ``n`` real images (options: :class:`SampleQuality`)."""
 
     name = "fid"
-    what = "Fréchet distance of Gaussians fitted"
+    what = "FID (Fréchet distance of the Gaussians fitted to the features)"
 
     def make_state(self, dim: int) -> FrechetInceptionDistance:
         return frechet_state(dim)

@@ -79,8 +79,8 @@ class KID(SampleQuality):
     def what(self) -> str:
         size = min(self.subset_size, self.n, self.reference_size or self.n)
         return (
-            "KID (unbiased squared MMD, cubic polynomial kernel; mean and std over "
-            f"{self.subsets} subsets of {size})"
+            "KID (unbiased squared MMD of the features, cubic polynomial kernel; mean and std "
+            f"over {self.subsets} subsets of {size})"
         )
 
     def make_state(self, dim: int) -> KernelInceptionDistance:

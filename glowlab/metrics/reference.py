@@ -39,7 +39,7 @@ def split_batches(
 ) -> DataLoader:
     """Batches ``(uint8 (B, C, H, W), long (B,))`` of ``n`` images of ``split`` chosen at random
     (seeded by ``seed``; all of them when ``n`` is None or the split is smaller), in the
-    split's order, never flipped."""
+    split's order, never flipped; torch's global RNG is not drawn from."""
     choose("split", split, SPLITS)
     datamodule.setup()
     dataset = getattr(datamodule, f"{split}_set")
@@ -54,6 +54,7 @@ def split_batches(
         shuffle=False,
         num_workers=datamodule.num_workers,
         collate_fn=BatchTransform(datamodule.n_bits, hflip=False),
+        generator=torch.Generator().manual_seed(seed),  # its workers' seeds: not the global RNG
     )
 
 

@@ -68,7 +68,7 @@ class SampleQuality(Metric):
     needs = frozenset({"samples"})
     higher_is_better = False
     what: str
-    """What the number is, for the note (``"Fréchet distance of Gaussians fitted"``)."""
+    """What the number is, for the note (``"FID (Fréchet distance of ...)"``)."""
 
     def __init__(
         self,
@@ -219,8 +219,8 @@ class SampleQuality(Metric):
         real = self.reference_size or f"up to {self.n}"
         return {
             f"{self.key}_note": (
-                f"{self.what} between the features of n={self.n} samples ({sampling}, latent "
-                f"seed {self.seed}) and of {real} real images of the {self.reference} split "
+                f"{self.what}, between n={self.n} samples ({sampling}, latent seed "
+                f"{self.seed}) and {real} real images of the {self.reference} split "
                 f"({self.datamodule.name}); features: {self.network.describe()}"
             )
         }
