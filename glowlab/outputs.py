@@ -1,8 +1,10 @@
 """The one guard every glowlab file write goes through: atomic, and one line when it fails.
 
-A file is written to ``.<name>.tmp`` beside its target, flushed and fsync'ed, then renamed
-over the target (and the directory fsync'ed), so a reader never sees half a file and a failed
-write (full disk, read-only file system, no permission) leaves the previous file as it was.
+A file is written to ``.<name>.<pid>.tmp`` beside its target, flushed and fsync'ed, then
+renamed over the target (and the directory fsync'ed), so a reader never sees half a file, a
+failed write (full disk, read-only file system, no permission) leaves the previous file as it
+was, and processes writing the same file at once (DDP ranks filling a shared cache) do not
+write into each other's temporary file: the last rename wins, whole.
 The failure is an :class:`OutputWriteError`, a ``ValueError`` too, so the command-line apps
 print it as one ``error:`` line.
 """
@@ -64,7 +66,7 @@ def write_atomic(
     Raises :class:`OutputWriteError`: ``could not write <what> <path> (<reason>); <advice>``.
     """
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as file:

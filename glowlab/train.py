@@ -40,8 +40,9 @@ from glowlab.training.checkpoints import (
     load_checkpoint,
     load_weights,
 )
-from glowlab.training.module import NonFiniteLossError
+from glowlab.training.module import FlowModule, NonFiniteLossError
 from glowlab.training.run import RunObjects, build_run, metric_key, slurm_requeued
+from glowlab.training.sample_quality import SampleQualityMonitor
 
 log = logging.getLogger("glowlab.train")
 
@@ -220,6 +221,16 @@ def budget_line(metrics: dict[str, Any]) -> str | None:
     )
 
 
+def reported_keys(trainer: L.Trainer, module: FlowModule) -> dict[str, bool]:
+    """``{key: higher_is_better}`` of what validation and test report: the module's metrics
+    (``bpd``, ...) and those of a ``SampleQualityMonitor`` (``fid_...``)."""
+    keys = dict(module.metric_keys)
+    for callback in trainer.callbacks:
+        if isinstance(callback, SampleQualityMonitor):
+            keys.update(callback.metric_keys)
+    return keys
+
+
 def fit_and_test(cfg: DictConfig, run: RunObjects) -> dict[str, Any]:
     """Fit (optionally resuming), test the best checkpoint, return the run's metrics: ``val/``
     and ``test/`` + the main key of each of ``module.metrics`` (``bpd``, or ``noisy_bpd`` for
@@ -250,7 +261,7 @@ def fit_and_test(cfg: DictConfig, run: RunObjects) -> dict[str, Any]:
         except NonFiniteLossError as error:
             first = module.resumed_step or 0
             raise FloatingPointError(_nonfinite_message(cfg, error, first)) from None
-        for key in module.metric_keys:
+        for key in reported_keys(trainer, module):
             metrics[f"val/{key}"] = _metric(trainer, f"val/{key}")
         key = metric_key("train/bpd", run.model.metric_name)
         metrics[key] = _metric(trainer, key)
@@ -258,13 +269,14 @@ def fit_and_test(cfg: DictConfig, run: RunObjects) -> dict[str, Any]:
     if cfg.test:
         best = _best_checkpoint(trainer) if cfg.train else ckpt_path
         trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False)
-        for key in module.metric_keys:
+        for key in reported_keys(trainer, module):
             metrics[f"test/{key}"] = _metric(trainer, f"test/{key}")
         metrics["test_checkpoint"] = best
     metrics.update(
         metric=run.model.metric_name,
         metric_directions={
-            key: "higher" if higher else "lower" for key, higher in module.metric_keys.items()
+            key: "higher" if higher else "lower"
+            for key, higher in reported_keys(trainer, module).items()
         },
         steps=trainer.global_step,
         steps_planned=module.total_steps,

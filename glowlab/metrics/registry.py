@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from glowlab.metrics.base import NEEDS, Metric
 
@@ -71,15 +71,19 @@ def build_metrics(
     model: MultiscaleFlow | None,
     option: str,
     provides: Iterable[str],
+    own: Mapping[str, Mapping[str, Any] | None] | None = None,
     **options,
 ) -> list[Metric]:
     """Build the metrics named by ``specs`` (one name or a list) for ``model``, each with
     those of ``options`` its ``__init__`` takes (e.g. ``per_image=True``: keep per-image
-    values). ``option`` names the config key in messages; a metric whose ``needs`` the caller
-    does not ``provide`` is refused."""
+    values) and then its ``own`` options by metric name (``own={"fid": {"n": 5000}}``, from
+    ``fid.n=5000``; None values keep the metric's default; a key its ``__init__`` lacks is
+    refused). ``option`` names the config key in messages; a metric whose ``needs`` the
+    caller does not ``provide`` is refused."""
     specs = [specs] if isinstance(specs, str) else [str(spec) for spec in specs]
     if not specs:
         raise ValueError(f"{option}=[] names no metric; give at least one, e.g. {option}=[bpd]")
+    own = own or {}
     metrics = []
     for spec in specs:
         cls = metric_class(spec)
@@ -90,7 +94,17 @@ def build_metrics(
                 f"loop does not give (it gives {', '.join(sorted(provides))})"
             )
         accepted = inspect.signature(cls).parameters
-        metrics.append(cls(model, **{k: v for k, v in options.items() if k in accepted}))
+        chosen = {k: v for k, v in options.items() if k in accepted}
+        for key, value in (own.get(cls.name) or {}).items():
+            if key not in accepted or key == "model":
+                takes = ", ".join(k for k in accepted if k != "model") or "none"
+                raise ValueError(
+                    f"{cls.name}.{key} is not an option of metric {cls.name!r}; its options: "
+                    f"{takes}"
+                )
+            if value is not None:
+                chosen[key] = value
+        metrics.append(cls(model, **chosen))
     keys = [metric.key for metric in metrics]
     if len(set(keys)) < len(keys):
         raise ValueError(f"{option}={specs} names a metric twice; list each once")

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from glowlab.cli import hydra_app, run_cli
@@ -33,10 +34,12 @@ from glowlab.data import ImageDataModule
 from glowlab.metrics import IMAGE_LOOP, build_metrics, measure
 from glowlab.models.multiscale import MultiscaleFlow
 from glowlab.outputs import save_image, write_text
+from glowlab.sampling import configure_sampling, sampling_report
 from glowlab.tools.cli import check_ckpt, check_device, output_dir, write_json
 from glowlab.tools.loading import build_datamodule, load_flow, model_labels, split_loader
 from glowlab.tools.plots import histogram
 from glowlab.tools.progress import track
+from glowlab.tools.sample import SAMPLING_KEYS
 from glowlab.validation import check_int
 
 log = logging.getLogger("glowlab.eval")
@@ -72,6 +75,9 @@ def evaluate(
     max_images: int | None = None,
     progress: bool = False,
     metrics: Sequence[str] = ("bpd", "iw_bound"),
+    own: Mapping[str, Mapping[str, Any] | None] | None = None,
+    sampling: Mapping[str, Any] | None = None,
+    cache_dir: str | Path = "logs/cache",
 ) -> dict[str, Any]:
     """The ``metrics`` (``glowlab.metrics``) of ``split`` under ``samples`` dequantization draws
     per image, and the reconstruction error.
@@ -84,6 +90,12 @@ def evaluate(
     ``noisy_bpd_sem`` instead of ``bpd`` and ``bpd_sem``: its density of noisy images is not a
     bpd of the data.
 
+    Sample metrics (``fid``, ``kid``) draw their own samples with ``sampling``
+    (``temperature``, ``guidance``, ``denoise``) and compare their features with reference
+    statistics of the data (cached under ``cache_dir``); ``own`` gives each metric its options
+    by name (``{"fid": {"n": 10000}}``). Without a likelihood metric only one batch is read
+    and the reconstruction error is skipped.
+
     Returns the summary (``split``, ``images``, ``samples``, ``seed``, ``metrics``: their main
     keys, every metric's keys and notes, ``recon_max_abs``, ``recon_pixel_errors``) plus
     ``per_image_<key>``, float64 ``(N,)``, for each metric's per-image values
@@ -92,17 +104,35 @@ def evaluate(
     eval batch size reproduce its ``test/bpd``. ``progress`` draws a bar over each pass
     through the batches.
     """
-    chosen = build_metrics(metrics, model, "metrics", IMAGE_LOOP, per_image=True)
+    chosen = build_metrics(
+        metrics,
+        model,
+        "metrics",
+        IMAGE_LOOP,
+        own,
+        per_image=True,
+        datamodule=datamodule,
+        cache_dir=str(cache_dir),
+        progress=progress,
+        **(sampling or {}),
+    )
+    likelihood = any("likelihood" in metric.needs for metric in chosen)
     loader = split_loader(datamodule, split, max_images=max_images)
-    labels = measure(model, track(loader, "metrics", progress), chosen, samples, seed)
+    batches = loader if likelihood else itertools.islice(loader, 1)
+    labels = measure(
+        model, track(batches, "metrics", progress and likelihood), chosen, samples, seed
+    )
     result: dict[str, Any] = {"split": split, "images": len(labels), "samples": samples}
     result.update(seed=seed, metrics=[metric.key for metric in chosen])
+    if not likelihood:
+        del result["images"], result["samples"]
     per_image: dict[str, Any] = {}
     for metric in chosen:
         result.update(metric.compute())
         result.update(metric.describe())
         per_image.update({f"per_image_{k}": v for k, v in metric.per_image().items()})
-    result.update(reconstruction_error(model, loader, progress))
+    if likelihood:
+        result.update(reconstruction_error(model, loader, progress))
     return {**result, **per_image, "labels": labels}
 
 
@@ -120,15 +150,33 @@ def write_per_image_csv(path: Path, labels: Tensor, columns: dict[str, Tensor]) 
     write_text(path, text.getvalue(), what="table")
 
 
-def _summary_line(result: dict[str, Any], keys: Sequence[str]) -> str:
-    """``bpd 3.2100 ± 0.0100, importance_weighted_bpd ...`` for the metrics that have a value."""
+def _summary_line(result: dict[str, Any], cfg: DictConfig) -> str:
+    """``test bpd 3.2100 ± 0.0100, ... (<bound>, samples=4, 10000 images) | reconstruction ...
+    | fid_... 12.3 (T=1, 2000 images/s)``: the metrics that have a value, with what they
+    were measured on."""
     parts = []
-    for key in keys:
+    for key in result["metrics"]:
         if result.get(key) is None:
             continue
         sem = result.get(f"{key}_sem")
         parts.append(f"{key} {result[key]:.4f}" + ("" if sem is None else f" ± {sem:.4f}"))
-    return ", ".join(parts) or "no metric defined for this model"
+    line = f"{cfg.split} {', '.join(parts) or 'no metric defined for this model'}"
+    if "images" in result:
+        bound = f"{result['bound']}, " if "bound" in result else ""
+        line += (
+            f" ({bound}samples={cfg.samples}, {result['images']} images) | reconstruction max "
+            f"|Δv| {result['recon_max_abs']:.2e}, {result['recon_pixel_errors']} pixels off"
+        )
+    if "sampling_images_per_s" in result:
+        line += (
+            f" | samples at T={result['temperature']:g}, "
+            f"{result['sampling_images_per_s']:.0f} images/s"
+        )
+    return line
+
+
+SAMPLE_METRIC_NODES = ("fid", "kid")
+"""Config nodes of the sample metrics' own options (``fid.n=10000``)."""
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -137,6 +185,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_int("max_images", cfg.max_images, optional=True)
     model, run_config = load_flow(check_ckpt(cfg.ckpt), check_device(cfg.device))
     datamodule = build_datamodule(run_config, cfg.get("data"), model)
+    options = configure_sampling(model, **{key: cfg.get(key) for key in SAMPLING_KEYS})
+    own = {name: OmegaConf.to_container(cfg[name], resolve=True) for name in SAMPLE_METRIC_NODES}
+    sampling = {key: cfg.get(key) for key in ("temperature", "guidance", "denoise")}
     result = evaluate(
         model,
         datamodule,
@@ -146,6 +197,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg.max_images,
         cfg.progress,
         list(cfg.metrics),
+        own,
+        sampling,
+        cfg.paths.cache_dir,
     )
     out = output_dir(cfg)
     labels = result.pop("labels")
@@ -154,24 +208,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         for key in list(result)
         if key.startswith("per_image_")
     }
-    write_per_image_csv(out / "per_image_bpd.csv", labels, columns)
     if columns:
+        write_per_image_csv(out / "per_image_bpd.csv", labels, columns)
         groups = {f"{cfg.split} {key}": values for key, values in columns.items()}
         main = next(iter(columns))
         title = f"{datamodule.name} {cfg.split}: mean {result[main]:.4f} {main}"
         save_image(histogram(groups, "bits per dim", title, cfg.bins), out / "bpd_histogram.png")
+    if "sampling_images_per_s" in result:
+        result.update(sampling)
+        if options:
+            result["sampling"] = {**options, **sampling_report(model)}
     result.update(
         checkpoint=str(cfg.ckpt), data=datamodule.name, wall_time_s=time.perf_counter() - started
     )
     write_json(out / "eval.json", result)
-    bound = f"{result['bound']}, " if "bound" in result else ""
-    say(
-        f"glowlab-eval: {cfg.split} {_summary_line(result, result['metrics'])} ({bound}samples="
-        f"{cfg.samples}, {result['images']} images) | reconstruction max |Δv| "
-        f"{result['recon_max_abs']:.2e}, {result['recon_pixel_errors']} pixels off | "
-        f"{out / 'eval.json'}",
-        log,
-    )
+    say(f"glowlab-eval: {_summary_line(result, cfg)} | {out / 'eval.json'}", log)
     return result
 
 
