@@ -216,3 +216,20 @@ def test_bad_input_is_one_line_before_any_run(tmp_path: Path, overrides, expecte
     message = str(exit_info.value.code)
     assert message.startswith(f"glowlab-compare: error: {expected}"), message
     assert "\n" not in message and not any(tmp_path.iterdir())  # nothing ran
+
+
+def test_every_default_entry_composes_as_a_training_run(tmp_path: Path) -> None:
+    """The shipped presets, with the overrides compare adds, are valid glowlab-train configs
+    (numbers in range), with the clock among the callbacks and the entry's validation size."""
+    from glowlab.options import check_options
+
+    cfg = compose_run(tmp_path, [], config_name="compare")
+    s = compare.settings(cfg)
+    for entry in compare.chosen_entries(cfg):
+        args = compare._train_args(entry, s, tmp_path, 100, entry.val_batches, s.budget)
+        train = compose_run(tmp_path, args)
+        check_options(train)
+        assert train.callbacks.train_clock.budget_s == s.budget == 360
+        assert (train.trainer.max_steps, train.trainer.val_check_interval) == (100, 25)
+        assert train.trainer.limit_val_batches == entry.val_batches and train.test is False
+    assert [e.name for e in compare.chosen_entries(cfg)] == list(cfg.presets)
