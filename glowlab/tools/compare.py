@@ -30,11 +30,12 @@ model's validation takes minutes). So the schedule is sized from the probe and t
 training only; should steps get slower than probed, the clock still stops the run at
 ``budget`` and the table shows the steps done of those planned.
 
-``parallel=2`` runs two entries at a time, each child with half the threads
-(``OMP_NUM_THREADS``, else the CPU count, divided by ``parallel``). The budget is wall time:
-compare numbers within one run on one machine. A child that fails is one line naming the entry
-and its log; the other entries go on, the table marks the failed one and the command exits 1
-at the end.
+Every entry is trained (1-2) before any is tested or sampled (3-5), so a training run shares
+the machine only with another training run. ``parallel=2`` runs two entries at a time, each
+child with half the threads (``OMP_NUM_THREADS``, else the CPU count, divided by ``parallel``).
+The budget is wall time: compare numbers within one run on one machine. A child that fails
+is one line naming the entry and its log; the other entries go on, the table marks the failed
+one and the command exits 1 at the end.
 
 Writes ``compare.md`` (the table), ``compare.json`` (every number), ``bpd_vs_time.png``,
 ``fid_vs_temperature.png`` (the first sample metric vs temperature; not drawn when
@@ -309,7 +310,9 @@ PROTOCOL = [
 (glowlab-eval tests), CSV logs, no progress bar or sample grids."""
 
 
-def _train_args(entry: Entry, s: Settings, run_dir: Path, steps: int, val: int, budget) -> list:
+def _train_args(
+    entry: Entry, s: Settings, run_dir: Path, steps: int, val: int, budget: float | None
+) -> list[str]:
     """The glowlab-train arguments of a run of ``steps`` steps validated every ``steps //
     validations`` steps on ``val`` batches (0: never), its clock stopping it at ``budget``."""
     clock = "+callbacks.train_clock"
@@ -405,21 +408,37 @@ def grid_entry(s: Settings, ckpt: Path, folder: Path) -> dict[str, Any]:
     return {"path": str(run_dir / f"samples_T{t:g}.png"), "images_per_s": summary["images_per_s"]}
 
 
-def compare_entry(entry: Entry, s: Settings, out: Path) -> dict[str, Any]:
-    """Every step of one entry (module docstring); the row of the table. The first child that
-    fails ends the entry: ``row["failed"]`` says which and where its log is."""
+def trained(entry: Entry, s: Settings, out: Path) -> dict[str, Any]:
+    """Phase 1 of an entry: probe and train (`train_entry`); its row, with ``checkpoint``, the
+    final weights, or ``failed``."""
     row: dict[str, Any] = {"name": entry.name, **asdict(entry), "failed": None, "samples": {}}
-    folder = out / entry.name
     try:
-        ckpt = train_entry(entry, s, folder, row)
+        row["checkpoint"] = str(train_entry(entry, s, out / entry.name, row))
+    except ChildFailed as failure:
+        _failed(row, failure)
+    return row
+
+
+def measured(entry: Entry, s: Settings, out: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """Phase 2 of a trained entry: test bpd, sample metrics, grid, into ``row``; the first
+    child that fails ends it."""
+    if row["failed"]:
+        return row
+    folder, ckpt = out / entry.name, Path(row["checkpoint"])
+    try:
         row["test"] = bpd_entry(entry, s, ckpt, folder)
         if s.sample_metrics:
             sample_entry(s, ckpt, folder, row)
         row["grid"] = grid_entry(s, ckpt, folder)
     except ChildFailed as failure:
-        row["failed"] = str(failure)
-        log.error("glowlab-compare: %s: %s", entry.name, failure)
+        _failed(row, failure)
     return row
+
+
+def _failed(row: dict[str, Any], failure: ChildFailed) -> None:
+    """``row["failed"]`` says which child failed and where its log is; one line on stderr."""
+    row["failed"] = str(failure)
+    log.error("glowlab-compare: %s: %s", row["name"], failure)
 
 
 # --------------------------------------------------------------------------- the report
@@ -554,12 +573,14 @@ def report(rows: list[dict[str, Any]], s: Settings, out: Path) -> str:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """The app: every entry of ``cfg.entries`` (``parallel`` at a time), then the report."""
+    """The app: train every entry of ``cfg.entries``, then test and sample each (``parallel``
+    at a time), then write the report."""
     s = settings(cfg)
     entries = chosen_entries(cfg)
     out = output_dir(cfg).resolve()
-    with ThreadPoolExecutor(s.parallel) as pool:
-        rows = list(pool.map(lambda entry: compare_entry(entry, s, out), entries))
+    with ThreadPoolExecutor(s.parallel) as pool:  # training shares the CPU only with training
+        rows = list(pool.map(lambda entry: trained(entry, s, out), entries))
+        rows = list(pool.map(lambda e, row: measured(e, s, out, row), entries, rows))
     print(table(rows), end="")
     report(rows, s, out)
     say(f"glowlab-compare: wrote {out / 'compare.md'}", log)
