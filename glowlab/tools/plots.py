@@ -118,3 +118,90 @@ def labelled_grid(
     for k, label in enumerate(col_labels):
         _text(draw, (left + 2 * scale + k * step_x + width * scale / 2, top - 4), label, "mb")
     return canvas
+
+
+PALETTE = (*COLORS, (148, 103, 189), (140, 86, 75), (227, 119, 194), (127, 127, 127))
+"""Line colors: ``COLORS`` then more of matplotlib's tab10, so 8 series stay apart."""
+
+
+def line_plot(
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+) -> Image.Image:
+    """A line with point markers per series (name -> ``(xs, ys)``, same lengths) on shared
+    linear axes with ticks and a legend. Raises ``ValueError`` when no series has a point."""
+    points = {name: list(zip(xs, ys, strict=True)) for name, (xs, ys) in series.items()}
+    points = {name: sorted(p) for name, p in points.items() if p}
+    if not points:
+        raise ValueError("line_plot needs at least one series with a point")
+    every = [p for ps in points.values() for p in ps]
+    (x_low, x_high), (y_low, y_high) = (_span([p[i] for p in every]) for i in (0, 1))
+    x0, y0, x1, y1 = LEFT, TOP, SIZE[0] - RIGHT, SIZE[1] - BOTTOM
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (
+            x0 + (x - x_low) / (x_high - x_low) * (x1 - x0),
+            y1 - (y - y_low) / (y_high - y_low) * (y1 - y0),
+        )
+
+    image = Image.new("RGB", SIZE, "white")
+    draw = ImageDraw.Draw(image)
+    draw.line([(x0, y0), (x0, y1), (x1, y1)], fill="black")
+    for x in torch.linspace(x_low, x_high, 5).tolist():
+        draw.line([(at(x, y_low)[0], y1), (at(x, y_low)[0], y1 + 4)], fill="black")
+        _text(draw, (at(x, y_low)[0], y1 + 7), f"{x:.4g}", "mt")
+    for y in torch.linspace(y_low, y_high, 5).tolist():
+        draw.line([(x0 - 4, at(x_low, y)[1]), (x0, at(x_low, y)[1])], fill="black")
+        _text(draw, (x0 - 7, at(x_low, y)[1]), f"{y:.4g}", "rm")
+    _text(draw, ((x0 + x1) / 2, SIZE[1] - 8), xlabel, "mb")
+    _text(draw, (x0, y0 - 8), ylabel, "mb")
+    _text(draw, ((x0 + x1) / 2, 8), title, "mt")
+    for i, ps in enumerate(points.values()):
+        color = PALETTE[i % len(PALETTE)]
+        xy = [at(x, y) for x, y in ps]
+        if len(xy) > 1:
+            draw.line(xy, fill=color, width=2)
+        for x, y in xy:
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
+    lx = x1 - 20 - max(draw.textbbox((0, 0), s, font=_FONT)[2] for s in points)
+    for i, name in enumerate(points):
+        y = y0 + 4 + 16 * i
+        draw.rectangle([lx, y, lx + 10, y + 10], fill=PALETTE[i % len(PALETTE)])
+        _text(draw, (lx + 16, y + 5), name, "lm")
+    return image
+
+
+def _span(values: list[float]) -> tuple[float, float]:
+    """``(low, high)`` of ``values`` with 5 % room on each side (a unit around one value)."""
+    low, high = min(values), max(values)
+    if high - low < 1e-12:
+        return low - 0.5, high + 0.5
+    pad = 0.05 * (high - low)
+    return low - pad, high + pad
+
+
+def side_by_side(panels: dict[str, Image.Image], scale: int = 2, gap: int = 16) -> Image.Image:
+    """The pictures of ``panels`` (label -> image) in one row, each enlarged ``scale`` times
+    (nearest neighbour), top-aligned, ``gap`` pixels apart, with its label centred above it.
+    Raises ``ValueError`` for no panel."""
+    if not panels:
+        raise ValueError("side_by_side needs at least one picture")
+    scaled = {
+        label: image.convert("RGB").resize(
+            (image.width * scale, image.height * scale), Image.Resampling.NEAREST
+        )
+        for label, image in panels.items()
+    }
+    top = 20
+    width = sum(image.width for image in scaled.values()) + gap * (len(scaled) + 1)
+    height = top + max(image.height for image in scaled.values()) + gap
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = gap
+    for label, image in scaled.items():
+        canvas.paste(image, (x, top))
+        _text(draw, (x + image.width / 2, top - 4), label, "mb")
+        x += image.width + gap
+    return canvas
