@@ -121,7 +121,7 @@ def _row(name: str, fids: dict[str, float]) -> dict:
     keys them (a feature network's name in the key)."""
     fid, kid = "fid_fmnist_net", "kid_fmnist_net"
     samples = {
-        t: {fid: v, kid: v / 1000, f"{kid}_sem": 1e-4, "sampling_images_per_s": 50.0 + v}
+        t: {fid: v, kid: v / 1000, f"{kid}_std": 1e-4, "sampling_images_per_s": 50.0 + v}
         for t, v in fids.items()
     }
     return {
@@ -152,7 +152,7 @@ def test_report_names_the_feature_network_and_finds_the_best_temperature(tmp_pat
     glow = next(line for line in lines if line.startswith("| `glow`"))
     cells = [cell.strip() for cell in glow.split("|")[1:-1]]
     assert cells[1] == "3.5000 ± 0.0100 (all 10,000)"
-    assert cells[2:7] == ["35", "0.035 ± 0.0001", "30", "0.03 ± 0.0001", "0.7"]
+    assert cells[2:7] == ["35", "0.035 (sd 0.0001)", "30", "0.03 (sd 0.0001)", "0.7"]
     assert cells[7:] == ["85.0", "1,234", "90 of 100 (budget spent)", "10 s", ""]
     assert compare.best_temperature(rows[1]) == "1"
     assert (

@@ -384,7 +384,8 @@ def bpd_entry(entry: Entry, s: Settings, ckpt: Path, folder: Path) -> dict[str, 
 
 def sample_entry(s: Settings, ckpt: Path, folder: Path, row: dict[str, Any]) -> None:
     """``glowlab-eval metrics=<sample_metrics>`` at each temperature into ``row["samples"]``
-    (``{T: {key: value, key_sem, sampling_images_per_s}}``, keys from the eval's ``metrics``)."""
+    (``{T: {key: value, key_sem, key_std, sampling_images_per_s}}``, keys from the eval's
+    ``metrics``; KID's ``_std`` is its spread over subsets, not a standard error)."""
     names = ",".join(repr(name) for name in s.sample_metrics)
     sizes = [f"{name}.n={s.sample_images}" for name in s.sample_metrics]
     for t in s.temperatures:
@@ -394,7 +395,8 @@ def sample_entry(s: Settings, ckpt: Path, folder: Path, row: dict[str, Any]) -> 
         )
         found = {"sampling_images_per_s": result.get("sampling_images_per_s")}
         for key in result["metrics"]:
-            found.update({k: result.get(k) for k in (key, f"{key}_sem", f"{key}_note")})
+            spreads = (f"{key}_sem", f"{key}_std", f"{key}_note")
+            found.update({k: result.get(k) for k in (key, *spreads)})
         row["sample_keys"] = list(result["metrics"])
         row["samples"][f"{t:g}"] = found
 
@@ -461,8 +463,10 @@ def sampling_speed(row: dict[str, Any]) -> float | None:
 def _value(found: dict[str, Any], key: str) -> str:
     if found.get(key) is None:
         return "–"
-    sem = found.get(f"{key}_sem")
-    return f"{found[key]:.4g}" + ("" if sem is None else f" ± {sem:.2g}")
+    sem, std = found.get(f"{key}_sem"), found.get(f"{key}_std")
+    if sem is not None:
+        return f"{found[key]:.4g} ± {sem:.2g}"
+    return f"{found[key]:.4g}" + ("" if std is None else f" (sd {std:.2g})")
 
 
 def _test_cell(test: dict[str, Any] | None) -> str:
