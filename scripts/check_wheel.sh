@@ -106,14 +106,19 @@ tool() {
     "$BIN/$name" "ckpt=$CKPT" device=cpu progress=false "hydra.run.dir=logs/$out" "$@"
 }
 tool glowlab-eval eval samples=1
+# FID/KID from the wheel (torch-fidelity installed with it): a small feature classifier
+tool glowlab-eval eval_fid "metrics=[fid,kid]" fid.n=64 +fid.classifier_images=2000 \
+    +fid.classifier_epochs=1 +kid.classifier_images=2000 +kid.classifier_epochs=1
 tool glowlab-sample sample n=4 "temperatures=[0.5,1.0]"
 tool glowlab-interpolate interpolate a=0 b=1 steps=3 gif=true
 tool glowlab-manipulate manipulate class_a=9 class_b=7 "indices=[0,1]" max_images=128
 tool glowlab-score score inputs=images reference=test train_images=64
 step "glowlab-report"
 "$BIN/glowlab-report" logs/train/runs
+step "glowlab-compare (its config composes)"
+"$BIN/glowlab-compare" --cfg job >/dev/null
 
-for file in eval/eval.json sample/temperatures.png interpolate/interpolation.gif \
+for file in eval/eval.json eval_fid/eval.json sample/temperatures.png interpolate/interpolation.gif \
     manipulate/manipulation.png score/scores.csv train/runs/report.md; do
     [ -s "logs/$file" ] || fail "logs/$file is missing or empty"
 done
