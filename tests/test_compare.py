@@ -37,8 +37,9 @@ def _valid_png(path: Path) -> tuple[int, int]:
 @pytest.mark.slow
 def test_compare_trains_for_the_budget_reports_and_marks_the_failed_entry(tmp_path: Path):
     """Two tiny families for 3 s each, two at a time, and an entry whose training refuses its
-    config: the others finish, the failure is one line naming the entry and its log, the table
-    marks it, and the command exits 1."""
+    config: the others finish (FID of their samples included, with a small feature
+    classifier), the failure is one line naming the entry and its log, the table marks it, and
+    the command exits 1."""
     if not FASHION_MNIST.is_dir():
         pytest.skip("Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
     budget, validations = 3.0, 2
@@ -50,7 +51,14 @@ def test_compare_trains_for_the_budget_reports_and_marks_the_failed_entry(tmp_pa
         "probe_steps=8",
         f"validations={validations}",
         "val_batches=1",
-        "sample_metrics=[]",
+        "sample_metrics=[fid]",
+        "temperatures=[1.0]",
+        "sample_images=32",
+        "eval_overrides="
+        + _overrides(
+            [f"paths.cache_dir={tmp_path / 'cache'}", "+fid.classifier_images=500"]
+            + ["+fid.classifier_epochs=1"]
+        ),
         "grid_n=4",
         "parallel=2",
         "entries=[glow,tarflow,broken]",
@@ -84,6 +92,8 @@ def test_compare_trains_for_the_budget_reports_and_marks_the_failed_entry(tmp_pa
         assert curve[-1]["step"] == row["steps"] and all(math.isfinite(p["value"]) for p in curve)
         assert math.isfinite(row["test"]["value"]) and row["test"]["sem"] > 0
         assert row["grid"]["images_per_s"] > 0 and row["parameters"] > 0
+        assert row["sample_keys"] == ["fid_fashion_mnist_classifier"]
+        assert row["samples"]["1"]["fid_fashion_mnist_classifier"] > 0
     assert rows["glow"]["test"]["images"] == 51 and not rows["glow"]["test"]["subset"]
     assert rows["tarflow"]["test"]["images"] == 20 and rows["tarflow"]["test"]["subset"]
 
@@ -92,10 +102,11 @@ def test_compare_trains_for_the_budget_reports_and_marks_the_failed_entry(tmp_pa
     assert all(line in done.stdout.splitlines() for line in table)  # printed too
     assert len(table) == 3 and "(all 51)" in table[0] and "(first 20)" in table[1]
     assert "failed: probe exited 1" in table[2] and "broken/probe.log" in table[2]
-    assert summary["plots"] == ["bpd_vs_time.png", "samples.png"]
+    assert "fid_fashion_mnist_classifier T=1" in markdown
+    assert summary["plots"] == ["bpd_vs_time.png", "fid_vs_temperature.png", "samples.png"]
     assert _valid_png(tmp_path / "bpd_vs_time.png") == (640, 400)
+    assert _valid_png(tmp_path / "fid_vs_temperature.png") == (640, 400)
     assert _valid_png(tmp_path / "samples.png")[0] > 2 * 2 * 28 * 2  # two 2x2 grids, doubled
-    assert not (tmp_path / "fid_vs_temperature.png").exists()  # no sample metrics ran
 
 
 def _settings(**changes) -> compare.Settings:
