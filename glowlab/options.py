@@ -217,6 +217,12 @@ CALLBACKS: dict[str, dict[str, Spec]] = {
         "seed": SEED,
     },
     "glowlab.training.callbacks.ReconstructionMonitor": {"n": COUNT},
+    "glowlab.training.sample_quality.SampleQualityMonitor": {
+        "every_n_validations": optional(replace(COUNT, note="null: only after the test")),
+        "n": Range(int, 2, note="samples, and real images"),
+        "seed": SEED,
+        "temperature": TEMPERATURE,
+    },
     "glowlab.training.callbacks.EMA": {
         "decay": replace(PROBABILITY, note="0.999 is usual, 0 keeps the last weights"),
         "update_every_n_steps": COUNT,
