@@ -20,8 +20,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from glowlab.metrics import build_metrics
 from glowlab.metrics.base import Batch
 from glowlab.outputs import save_image, write_text
@@ -56,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
             cache_dir=args.cache_dir,
         )
         started = time.perf_counter()
-        batch = Batch(model, torch.zeros((0, *model.image_shape), dtype=torch.uint8), None, 0)
+        batch = Batch.without_images(model)
         row = {"temperature": t}
         for metric in metrics:
             metric.update(batch)

@@ -114,6 +114,12 @@ class Batch:
         self.seed, self.draws = seed, draws
         self.memo: dict = {}
 
+    @classmethod
+    def without_images(cls, model: MultiscaleFlow, seed: int = 0) -> Batch:
+        """A batch of no real images, ``(0, C, H, W)``, for the sample metrics alone (``fid``,
+        ``kid``), which read only ``model`` and share ``memo``: a training callback, a script."""
+        return cls(model, torch.zeros((0, *model.image_shape), dtype=torch.uint8), None, seed)
+
     @cached_property
     def outputs(self) -> list[FlowOutput]:
         """The model's output (``log_prob``, ``log_prior``, ``logdet``, ``log_q``, each

@@ -122,10 +122,10 @@ def evaluate(
     labels = measure(
         model, track(batches, "metrics", progress and likelihood), chosen, samples, seed
     )
-    result: dict[str, Any] = {"split": split, "images": len(labels), "samples": samples}
+    result: dict[str, Any] = {"split": split}
+    if likelihood:  # the split's images were scored
+        result.update(images=len(labels), samples=samples)
     result.update(seed=seed, metrics=[metric.key for metric in chosen])
-    if not likelihood:
-        del result["images"], result["samples"]
     per_image: dict[str, Any] = {}
     for metric in chosen:
         result.update(metric.compute())

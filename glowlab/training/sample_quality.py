@@ -89,8 +89,7 @@ class SampleQualityMonitor(L.Callback):
 
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         model = evaluated_flow(trainer, pl_module)
-        shape = (0, *model.image_shape)
-        batch = Batch(model, torch.zeros(shape, dtype=torch.uint8), None, self.seed)
+        batch = Batch.without_images(model, self.seed)
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             for metric in self.metrics:
                 metric.to(pl_module.device)
