@@ -233,6 +233,10 @@ CALLBACKS: dict[str, dict[str, Spec]] = {
     "lightning.pytorch.callbacks.TQDMProgressBar": {"refresh_rate": COUNT0},
     "lightning.pytorch.loggers.CSVLogger": {"flush_logs_every_n_steps": COUNT},
 }
+DECAY_SCHEDULE: dict[str, Spec] = {
+    "warmup_steps": COUNT0,
+    "final_fraction": replace(FRACTION, note="of the peak learning rate at the end"),
+}
 TRAINING: dict[str, dict[str, Spec]] = {
     "glowlab.data.ImageDataModule": DATA,
     "glowlab.training.FlowModule": {"init_batch_size": COUNT, "eval_seed": SEED},
@@ -240,10 +244,8 @@ TRAINING: dict[str, dict[str, Spec]] = {
     "torch.optim.AdamW": ADAM,
     "torch.optim.Adamax": ADAM,
     "glowlab.training.schedules.warmup_constant": {"warmup_steps": COUNT0},
-    "glowlab.training.schedules.warmup_cosine": {
-        "warmup_steps": COUNT0,
-        "final_fraction": replace(FRACTION, note="of the peak learning rate at the end"),
-    },
+    "glowlab.training.schedules.warmup_cosine": DECAY_SCHEDULE,
+    "glowlab.training.schedules.warmup_linear": DECAY_SCHEDULE,
     "lightning.Trainer": TRAINER,
     "lightning.pytorch.Trainer": TRAINER,
 }

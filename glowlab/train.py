@@ -214,6 +214,12 @@ def budget_line(metrics: dict[str, Any]) -> str | None:
     planned, done = metrics.get("steps_planned"), metrics["steps"]
     if not planned or done >= planned or metrics.get("stopped_by") is None:
         return None
+    if metrics.get("schedule_clock") == "time":
+        return (
+            f"glowlab: stopped by {metrics['stopped_by']} after {done} of {planned} planned "
+            "steps; the LR schedule followed the clock (module.schedule_clock=time), so it "
+            "annealed by then, but the run is not bit-reproducible"
+        )
     return (
         f"glowlab: warning: stopped by {metrics['stopped_by']} after {done} of {planned} planned "
         "steps, so the LR schedule did not anneal and this bpd is not the recipe's; raise "
@@ -281,6 +287,7 @@ def fit_and_test(cfg: DictConfig, run: RunObjects) -> dict[str, Any]:
         steps=trainer.global_step,
         steps_planned=module.total_steps,
         stopped_by=stopped_by(trainer) if cfg.train else None,
+        schedule_clock=module.schedule_clock,
         epochs=trainer.current_epoch,
         wall_time_s=round(time.perf_counter() - started, 2),
         fit_time_s=round(fitted - started, 2),

@@ -161,6 +161,37 @@ def test_cached_1x1_weight_follows_parameter_updates(name: str) -> None:
         assert torch.allclose(fresh(x)[0], z_after, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["conv1x1", "conv1x1_lu"])
+@pytest.mark.parametrize("update", ["fused_adam", "data_write"])
+def test_cached_1x1_weight_follows_updates_that_skip_version_counters(
+    name: str, update: str
+) -> None:
+    """A fused Adam step and a write through ``.data`` leave ``_version`` unchanged: the cache
+    must still see the new values (a stale weight once gave val bpd 1040 after training)."""
+    layer = _prepared(name)
+    x = _inputs(name)
+    with torch.no_grad():
+        z_before = layer(x)[0]
+    versions = [p._version for p in layer.parameters()]
+    if update == "fused_adam":
+        for p in layer.parameters():
+            p.grad = torch.ones_like(p)
+        torch.optim.Adam(layer.parameters(), lr=0.05, fused=True).step()
+    else:
+        for p in layer.parameters():
+            p.data.add_(0.05)
+    assert [p._version for p in layer.parameters()] == versions  # the counters did not move
+    with torch.no_grad():
+        z_after = layer(x)[0]
+        assert torch.allclose(z_after, _conv_by_weight(layer, x), atol=1e-12)
+        assert not torch.allclose(z_after, z_before)
+
+
+def _conv_by_weight(layer, x: torch.Tensor) -> torch.Tensor:
+    """The layer's map computed from its assembled weight, without the cache."""
+    return torch.einsum("ij,bjhw->bihw", layer.weight().detach(), x)
+
+
 def test_planar_flow_is_invertible_with_exact_logdet_even_when_pushed_to_the_limit() -> None:
     torch.manual_seed(0)
     layer = Planar(2).double()

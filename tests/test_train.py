@@ -270,3 +270,29 @@ def test_a_run_ended_by_max_time_says_so_and_records_it(tmp_path: Path, capsys) 
     done = train(compose_run(tmp_path / "done", [*TINY_RUN, "trainer.max_steps=3", "test=false"]))
     assert done["stopped_by"] == "max_steps" and done["steps_planned"] == 3
     assert "planned steps" not in capsys.readouterr().out
+
+
+def test_a_schedule_on_the_clock_anneals_by_max_time(tmp_path: Path, capsys) -> None:
+    """module.schedule_clock=time: a run that max_time stops long before its planned steps
+    still ends its cosine at 0 (the last checkpoint's LR), and its last line says so."""
+    overrides = [
+        *TINY_RUN,
+        "trainer.max_steps=100000",
+        "trainer.max_epochs=-1",
+        "trainer.max_time=00:00:00:03",
+        "test=false",
+        "module.schedule_clock=time",
+    ]
+    metrics = train(compose_run(tmp_path / "clock", overrides))
+    assert metrics["stopped_by"] == "max_time" and metrics["steps"] < 100000
+    assert metrics["schedule_clock"] == "time"
+    last = torch.load(tmp_path / "clock" / "checkpoints" / "last.ckpt", weights_only=False)
+    peak = last["lr_schedulers"][0]["base_lrs"][0]
+    assert last["lr_schedulers"][0]["_last_lr"][0] < 1e-3 * peak
+    assert "the LR schedule followed the clock" in capsys.readouterr().out
+
+
+def test_a_schedule_on_the_clock_needs_a_time_budget(tmp_path: Path) -> None:
+    cfg = compose_run(tmp_path, [*TINY_RUN, "module.schedule_clock=time", "test=false"])
+    with pytest.raises(ValueError, match="module.schedule_clock=time needs trainer.max_time"):
+        train(cfg)

@@ -45,8 +45,13 @@ def _random_rotation(channels: int, seed: int) -> Tensor:
 
 class _CachedWeight(Bijection):
     """Shared by the 1×1 convolutions: when no gradient is needed (evaluation, sampling) the
-    assembled weight and its inverse are computed once and reused until a parameter changes
-    (tracked by the parameters' in-place version counters)."""
+    assembled weight and its inverse are computed once and reused while the parameters keep
+    the values they were computed from.
+
+    The cache compares a snapshot of the parameters' values, not their version counters:
+    fused optimizers (``torch.optim.Adam(fused=True)``) and writes through ``.data`` change a
+    parameter without bumping its version, and a stale weight would give wrong samples and a
+    wrong bpd. The comparison costs ``O(C²)``, less than assembling the weight."""
 
     def weight(self) -> Tensor:
         raise NotImplementedError
@@ -56,14 +61,22 @@ class _CachedWeight(Bijection):
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             weight = self.weight()
             return weight, torch.linalg.inv(weight.double()) if need_inverse else None
-        key = tuple(p._version for p in params) + tuple(p.data_ptr() for p in params)
         cache = getattr(self, "_cache", None)
-        if cache is None or cache[0] != key:
+        if cache is None or not _same_values(cache[0], params):
             with torch.no_grad():
                 weight = self.weight()
-                cache = (key, weight, torch.linalg.inv(weight.double()))
+                snapshot = [p.detach().clone() for p in params]
+                cache = (snapshot, weight, torch.linalg.inv(weight.double()))
             self._cache = cache
         return cache[1], cache[2]
+
+
+def _same_values(snapshot: list[Tensor], params: list[Tensor]) -> bool:
+    """Whether ``params`` still hold exactly the values (and device, dtype) of ``snapshot``."""
+    return all(
+        s.device == p.device and s.dtype == p.dtype and torch.equal(s, p)
+        for s, p in zip(snapshot, params, strict=True)
+    )
 
 
 def _conv1x1(x: Tensor, weight: Tensor) -> Tensor:

@@ -38,8 +38,7 @@ class EMA(EMAWeightAveraging):
       resume continues both exactly (also from a save in the middle of a validation);
     - after ``fit`` the module holds ``θ̄`` and ``test`` evaluates ``θ̄``.
 
-    Changes to Lightning's class: the swaps copy in place through the parameters (so the
-    cached 1×1-convolution weights, keyed on version counters, see the new values), ``test``
+    Changes to Lightning's class: the swaps copy in place through the parameters, ``test``
     keeps the ``θ̄`` of ``state_dict`` instead of reloading the live weights, buffers whose
     shape changed in training (power-iteration vectors) are re-matched, and fit ends with a
     swap rather than a copy, so the live weights stay in the last checkpoint.

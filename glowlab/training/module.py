@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.plugins.precision import Precision
 from torch import Tensor
 
@@ -18,6 +19,7 @@ from glowlab.nets.actnorm import HiddenActNorm
 from glowlab.objectives import Likelihood, Objective
 from glowlab.training.epoch_boundary import at_epoch_end, start_next_epoch
 from glowlab.training.rng import capture_rng_state, restore_rng_state
+from glowlab.training.schedules import follow_the_clock
 from glowlab.validation import check_positive, choose
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -26,6 +28,7 @@ TrainingObjective = Callable[[MultiscaleFlow, Tensor, Tensor | None], Objective]
 
 
 RESUME_SCHEDULES = ("keep", "rebuild")
+SCHEDULE_CLOCKS = ("steps", "time")
 
 
 def _default_norm_clipping(plugin: Precision) -> bool:
@@ -78,6 +81,10 @@ class FlowModule(L.LightningModule):
             schedule anew over the new total and continues it at the current step.
         metrics: names of the metrics validation and test report (``glowlab.metrics``
             registry, or ``package.module:name``); ``bpd`` must be one of them.
+        schedule_clock: ``"steps"``: the LR schedule advances with the optimizer steps (exact,
+            reproducible); ``"time"``: at ``max(step, total · elapsed / max_time)``, so a run
+            that ``trainer.max_time`` stops early still anneals its schedule by then (for
+            comparisons at a time budget; not bit-reproducible). Needs ``trainer.max_time``.
     """
 
     def __init__(
@@ -92,6 +99,7 @@ class FlowModule(L.LightningModule):
         resume_schedule: str | None = None,
         objective: TrainingObjective | None = None,
         metrics: str | Sequence[str] = ("bpd",),
+        schedule_clock: str = "steps",
     ) -> None:
         super().__init__()
         self.objective = Likelihood() if objective is None else objective
@@ -100,6 +108,7 @@ class FlowModule(L.LightningModule):
         if resume_schedule is not None:
             choose("module.resume_schedule", resume_schedule, RESUME_SCHEDULES)
         self.resume_schedule = resume_schedule
+        self.schedule_clock = choose("module.schedule_clock", schedule_clock, SCHEDULE_CLOCKS)
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -132,10 +141,26 @@ class FlowModule(L.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         config: dict[str, Any] = {"optimizer": optimizer}
         if self.scheduler_factory is not None:
-            total = self.schedule_total_steps()
-            schedule = self.scheduler_factory(optimizer, total_steps=total)
+            schedule = self.build_schedule(optimizer, self.schedule_total_steps())
             config["lr_scheduler"] = {"scheduler": schedule, "interval": "step"}
         return config
+
+    def build_schedule(self, optimizer: torch.optim.Optimizer, total: int) -> Any:
+        """The configured schedule over ``total`` steps, following the wall clock of
+        ``trainer.max_time`` when ``schedule_clock="time"``."""
+        schedule = self.scheduler_factory(optimizer, total_steps=total)
+        if self.schedule_clock == "time":
+            timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+            if timer is None or not isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):
+                raise ValueError(
+                    "module.schedule_clock=time needs trainer.max_time (the budget the schedule "
+                    "follows) and a LambdaLR schedule (glowlab's scheduler presets); set "
+                    'trainer.max_time="00:00:10:00" or module.schedule_clock=steps'
+                )
+            # rank 0's clock for every rank: DDP replicas must step with the same LR
+            strategy = self.trainer.strategy
+            follow_the_clock(schedule, total, lambda: strategy.broadcast(_budget_spent(timer)))
+        return schedule
 
     def schedule_total_steps(self) -> int:
         """Optimizer steps the LR schedule spans: the run's estimate when it starts, and the
@@ -170,7 +195,7 @@ class FlowModule(L.LightningModule):
                 f"module.resume_schedule=rebuild needs a LambdaLR schedule (glowlab's "
                 f"module/scheduler presets), not {type(schedule).__name__}; use keep"
             )
-        rebuilt = self.scheduler_factory(schedule.optimizer, total_steps=planned)
+        rebuilt = self.build_schedule(schedule.optimizer, planned)
         schedule.lr_lambdas = rebuilt.lr_lambdas
         step = schedule.last_epoch
         for group, base, factor in zip(
@@ -339,3 +364,10 @@ class FlowModule(L.LightningModule):
         # on_load_checkpoint runs before configure_optimizers: the schedule keeps its length
         self.total_steps = checkpoint["glowlab"].get("total_steps")
         self.resumed_step = checkpoint.get("global_step")
+
+
+def _budget_spent(timer: Timer) -> float:
+    """The fraction of ``trainer.max_time`` that training has used (validation included)."""
+    elapsed = timer.time_elapsed("train")
+    remaining = timer.time_remaining("train") or 0.0
+    return elapsed / max(elapsed + remaining, 1e-9)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -27,9 +28,38 @@ def warmup_cosine(
     return LambdaLR(optimizer, factor)
 
 
+def warmup_linear(
+    optimizer: Optimizer, total_steps: int, warmup_steps: int = 200, final_fraction: float = 0.0
+) -> LambdaLR:
+    """Linear warm-up over ``warmup_steps``, then linear decay to ``final_fraction · lr`` at
+    ``total_steps`` ("straight to zero": Bergsma et al., 2025, find it beats cosine decay)."""
+    check_int("warmup_steps", warmup_steps, low=0)
+    check_range("final_fraction", final_fraction, float, 0, 1)
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+        progress = min(1.0, step / max(1, total_steps))
+        return warm * (final_fraction + (1 - final_fraction) * (1 - progress))
+
+    return LambdaLR(optimizer, factor)
+
+
 def warmup_constant(optimizer: Optimizer, total_steps: int, warmup_steps: int = 200) -> LambdaLR:
     """Linear warm-up over ``warmup_steps``, then constant (Glow's schedule)."""
     check_int("warmup_steps", warmup_steps, low=0)
     return LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
     )
+
+
+def follow_the_clock(schedule: LambdaLR, total_steps: int, elapsed: Callable[[], float]) -> None:
+    """Make ``schedule`` (built for ``total_steps``) run at the position
+    ``max(step, total_steps · elapsed())``, ``elapsed()`` the fraction of the time budget spent:
+    a run that the budget stops before ``total_steps`` still ends its schedule (a cosine
+    anneals to its end) when the budget ends. Not bit-reproducible: the position depends on
+    the machine's speed."""
+
+    def clocked(factor: Callable[[int], float]) -> Callable[[int], float]:
+        return lambda step: factor(max(step, math.ceil(total_steps * min(1.0, elapsed()))))
+
+    schedule.lr_lambdas = [clocked(factor) for factor in schedule.lr_lambdas]
