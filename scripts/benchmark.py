@@ -37,6 +37,12 @@ from glowlab.compilation import COMPILE_MODES, compile_levels
 from glowlab.profiling import saved_activation_bytes
 from glowlab.transforms import Affine
 
+# Adam's update kernel: training's default (conf/optimizer/adam.yaml) is fused
+ADAM_KERNELS = {
+    "fused": {"fused": True},
+    "foreach": {"foreach": True},
+    "single": {"foreach": False},
+}
 PRESETS: dict[str, tuple[str, tuple[int, int, int], dict]] = {
     # the main job's model (conf/experiment/fmnist_glow_cpu.yaml)
     "fmnist_default": (
@@ -142,6 +148,7 @@ def benchmark(
     steps: int,
     channels_last: bool = False,
     compile_mode: str | None = None,
+    adam: str = "fused",
 ) -> dict:
     builder, shape, kwargs = PRESETS[preset]
     kwargs = {**kwargs, **overrides}
@@ -159,7 +166,7 @@ def benchmark(
     if dist.is_initialized():
         device_ids = [device] if device.type == "cuda" else None
         loss_fn = DistributedDataParallel(loss_fn, device_ids=device_ids)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, **ADAM_KERNELS[adam])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -188,6 +195,7 @@ def benchmark(
             "batch_size": batch_size,
             "channels_last": channels_last,
             "compile": compile_mode,
+            "adam": adam,
         },
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device)
@@ -219,6 +227,9 @@ def main() -> None:
     parser.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile the flow steps")
     parser.add_argument("--bf16-conditioner", action="store_true", help="bf16 coupling nets")
     parser.add_argument("--channels-last", action="store_true", help="NHWC conv weights")
+    parser.add_argument(
+        "--adam", choices=sorted(ADAM_KERNELS), default="fused", help="Adam's kernel (training's)"
+    )
     args = parser.parse_args()
     device = _init_distributed(torch.device(args.device))
     overrides = {
@@ -237,6 +248,7 @@ def main() -> None:
             args.steps,
             args.channels_last,
             args.compile,
+            args.adam,
         )
         result = _gather_throughput(result)
         if result is not None:
