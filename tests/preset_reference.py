@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -34,6 +35,17 @@ from tests.conftest import (  # noqa: E402
 )
 
 REFERENCE = ROOT / "tests" / "data" / "preset_log_probs.json"
+# Bit-identical on the CPU that recorded the fixtures; another CPU's float kernels sum in another
+# order: up to 9.4e-9 relative on 2026-12-06's AMD EPYC (nsf_paper). A wrong or missing logdet
+# term moves log p by orders of magnitude more.
+RELATIVE_TOLERANCE = 1e-7
+
+
+def assert_matches_reference(name: str, got: list[float]) -> None:
+    """``got`` equals the recorded log-likelihoods of preset ``name`` (to
+    ``RELATIVE_TOLERANCE``, for other CPUs' rounding)."""
+    expected = json.loads(REFERENCE.read_text())[name]
+    assert got == pytest.approx(expected, rel=RELATIVE_TOLERANCE, abs=0), (name, got, expected)
 
 
 def preset_names() -> list[str]:

@@ -1,7 +1,7 @@
 """A guard on the headline: the main job's first 100 training steps, as recorded.
 
 The main job (``experiment=fmnist_glow_cpu``, the README's number) is run for its first 100
-optimizer steps, with its own 9,960-step schedule, seed and data order; each step's training
+optimizer steps, with its own 6,400-step schedule, seed and data order; each step's training
 bpd and a checksum of each batch must match ``tests/data/main_job_curve.json``. A change to the
 model's initial log-likelihood, its ActNorm initialisation, the data order or augmentation, the
 optimizer or the schedule moves this curve, so it cannot move the main job's bpd silently: the
@@ -64,7 +64,7 @@ def test_main_job_first_100_steps_are_unchanged(tmp_path: Path) -> None:
     run.trainer.callbacks.insert(0, recorder)
     with pytest.raises(_Enough):
         run.trainer.fit(run.module, datamodule=run.datamodule)
-    assert run.module.total_steps == 9960  # the main job's own schedule
+    assert run.module.total_steps == 6400  # the main job's own schedule
     got = {"steps": STEPS, "train_bpd": recorder.bpd, "batch_checksums": recorder.batches}
     if os.environ.get("GLOWLAB_RECORD_CURVE"):
         REFERENCE.write_text(json.dumps(got, indent=1) + "\n")
