@@ -14,6 +14,7 @@ fixture when they arrived (the older entries unchanged).
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -41,10 +42,16 @@ REFERENCE = ROOT / "tests" / "data" / "preset_log_probs.json"
 RELATIVE_TOLERANCE = 1e-7
 
 
+@functools.cache
+def recorded_log_probs() -> dict[str, list[float]]:
+    """``{preset: log p of the 4 images}`` as recorded in ``REFERENCE`` (read once)."""
+    return json.loads(REFERENCE.read_text())
+
+
 def assert_matches_reference(name: str, got: list[float]) -> None:
     """``got`` equals the recorded log-likelihoods of preset ``name`` (to
     ``RELATIVE_TOLERANCE``, for other CPUs' rounding)."""
-    expected = json.loads(REFERENCE.read_text())[name]
+    expected = recorded_log_probs()[name]
     assert got == pytest.approx(expected, rel=RELATIVE_TOLERANCE, abs=0), (name, got, expected)
 
 

@@ -21,18 +21,17 @@ from glowlab.nets.conditioners import FlowPPConditioner
 from glowlab.transforms import Affine, LogisticMixture
 from tests.conftest import compose_run
 from tests.preset_reference import (
-    REFERENCE,
     RELATIVE_TOLERANCE,
     assert_matches_reference,
     build,
     model_config_shape,
     real_images,
+    recorded_log_probs,
     reference_log_prob,
 )
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 LEGACY = Path(__file__).resolve().parent / "data" / "legacy"
-REFERENCE_VALUES = json.loads(REFERENCE.read_text())
 
 # The Python-API spelling of each coupling/multiscale preset (depth 1, as the reference fixture
 # is built); tests/test_family_parts.py has the single-scale and continuous ones.
@@ -80,7 +79,7 @@ PYTHON_API = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(REFERENCE_VALUES))
+@pytest.mark.parametrize("name", sorted(recorded_log_probs()))
 def test_preset_log_prob_is_unchanged_by_the_refactor(name: str) -> None:
     """float64 log p(x) of real images, after ActNorm init and a seeded perturbation, equals
     the value the code before the composable parts gave (tests/data/preset_log_probs.json)."""
